@@ -38,6 +38,12 @@ type Options struct {
 	Name string
 	// Aggregation configures the aggregation layer: a front-proxy CA and client certificate and the
 	// --requestheader-* and --proxy-client-* flags, as seed 004 describes.
+	//
+	// Such a cluster resolves Services the way a default kube-apiserver does (ClusterIP, and the
+	// ExternalName of ExternalName Services) instead of through endpoints, because aggregated API
+	// servers in tests listen on loopback, which EndpointSlices reject: register them behind an
+	// ExternalName Service "localhost". Do not register ClusterIP-backed webhooks or APIServices in
+	// such a cluster: their ClusterIPs lead nowhere on this machine.
 	Aggregation bool
 	// CRDs are installed before Start returns.
 	CRDs []*apiextensionsv1.CustomResourceDefinition
@@ -181,6 +187,7 @@ func start(t testing.TB, assets string, opts Options) (*Cluster, error) {
 		args.Set("requestheader-extra-headers-prefix", fp.ExtraHeaderPrefix)
 		args.Set("proxy-client-cert-file", fp.ClientCertFile)
 		args.Set("proxy-client-key-file", fp.ClientKeyFile)
+		args.Set("enable-aggregator-routing", "false")
 	}
 	for k, v := range opts.ExtraArgs {
 		args.Set(k, v...)
