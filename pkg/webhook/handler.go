@@ -1,0 +1,208 @@
+package webhook
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
+)
+
+// Path is where the API server sends the reviews.
+const Path = "/webhook/pod-apiserver-env"
+
+// MaxBodyBytes bounds a review body. etcd stores objects up to 1.5 MiB, so a pod review with its
+// envelope stays well below; anything larger is not a real review and is refused before decoding.
+const MaxBodyBytes = 3 << 20
+
+const (
+	admissionV1      = "admission.k8s.io/v1"
+	admissionV1beta1 = "admission.k8s.io/v1beta1"
+)
+
+// Handler answers AdmissionReviews for pods with the injection patch.
+type Handler struct {
+	m        *mutator
+	reviews  *prometheus.CounterVec
+	duration prometheus.Histogram
+}
+
+// NewHandler returns the review handler for c. Its metrics are registered on reg when not nil.
+func NewHandler(c Config, reg prometheus.Registerer) (*Handler, error) {
+	m, err := newMutator(c)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{
+		m: m,
+		reviews: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "apiproxy_webhook_reviews_total",
+			Help: "Admission reviews answered, by result (patched, unchanged, opted_out, skipped, denied, bad_request).",
+		}, []string{"result"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "apiproxy_webhook_review_duration_seconds",
+			Help:    "Time to answer one admission review, from the first byte read to the response written.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{h.reviews, h.duration} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("registering webhook metrics: %w", err)
+			}
+		}
+	}
+	return h, nil
+}
+
+// review is the part of an AdmissionReview (v1 and v1beta1 share the layout) the handler reads.
+type review struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Request    *reviewRequest `json:"request"`
+}
+
+type reviewRequest struct {
+	UID  string `json:"uid"`
+	Kind struct {
+		Group string `json:"group"`
+		Kind  string `json:"kind"`
+	} `json:"kind"`
+	SubResource string          `json:"subResource"`
+	Operation   string          `json:"operation"`
+	Object      json.RawMessage `json:"object"`
+}
+
+type reviewResponse struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Response   response `json:"response"`
+}
+
+type response struct {
+	UID       string  `json:"uid"`
+	Allowed   bool    `json:"allowed"`
+	Result    *status `json:"status,omitempty"`
+	PatchType string  `json:"patchType,omitempty"`
+	Patch     []byte  `json:"patch,omitempty"` // base64 by encoding/json, as the API expects
+}
+
+type status struct {
+	Code    int32  `json:"code"`
+	Message string `json:"message"`
+}
+
+// httpError is a request the handler refuses before any review exists to answer.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	result, err := h.serve(w, r)
+	if err != nil {
+		var he *httpError
+		if !errors.As(err, &he) {
+			he = &httpError{http.StatusInternalServerError, err.Error()}
+		}
+		klog.V(2).InfoS("Refused admission request", "remote", r.RemoteAddr, "code", he.code, "reason", he.msg)
+		http.Error(w, he.msg, he.code)
+		result = "bad_request"
+	}
+	h.reviews.WithLabelValues(result).Inc()
+	h.duration.Observe(time.Since(start).Seconds())
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) (string, error) {
+	if r.Method != http.MethodPost {
+		return "", &httpError{http.StatusMethodNotAllowed, "admission reviews are POSTed, got " + r.Method}
+	}
+	if ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || ct != "application/json" {
+		return "", &httpError{http.StatusUnsupportedMediaType,
+			fmt.Sprintf("Content-Type %q is not supported: send the AdmissionReview as application/json", r.Header.Get("Content-Type"))}
+	}
+	if r.ContentLength > MaxBodyBytes {
+		return "", tooLarge()
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return "", tooLarge()
+		}
+		return "", &httpError{http.StatusBadRequest, "reading the request body: " + err.Error()}
+	}
+	resp, result, err := h.Review(body)
+	if err != nil {
+		return "", err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(resp)
+	return result, nil
+}
+
+func tooLarge() error {
+	return &httpError{http.StatusRequestEntityTooLarge,
+		fmt.Sprintf("request body is larger than %d bytes (3 MiB): not an admission review of a pod", MaxBodyBytes)}
+}
+
+// Review answers one encoded AdmissionReview: the encoded response and its result label, or an
+// *httpError (400) when body is not a review this webhook can answer.
+func (h *Handler) Review(body []byte) ([]byte, string, error) {
+	var rv review
+	if err := json.Unmarshal(body, &rv); err != nil {
+		return nil, "", &httpError{http.StatusBadRequest, "body is not a JSON AdmissionReview: " + err.Error()}
+	}
+	if rv.APIVersion != admissionV1 && rv.APIVersion != admissionV1beta1 {
+		return nil, "", &httpError{http.StatusBadRequest, fmt.Sprintf(
+			"apiVersion %q is not supported: expected %s or %s", rv.APIVersion, admissionV1, admissionV1beta1)}
+	}
+	if rv.Kind != "AdmissionReview" {
+		return nil, "", &httpError{http.StatusBadRequest, fmt.Sprintf("kind %q is not AdmissionReview", rv.Kind)}
+	}
+	req := rv.Request
+	if req == nil {
+		return nil, "", &httpError{http.StatusBadRequest, "AdmissionReview has no request"}
+	}
+	if req.UID == "" {
+		return nil, "", &httpError{http.StatusBadRequest, "AdmissionReview request has no uid"}
+	}
+	out := reviewResponse{APIVersion: rv.APIVersion, Kind: "AdmissionReview", Response: response{UID: req.UID, Allowed: true}}
+	result := h.decide(req, &out.Response)
+	b, err := json.Marshal(&out)
+	return b, result, err
+}
+
+// decide fills resp for one request and returns its result label.
+func (h *Handler) decide(req *reviewRequest, resp *response) string {
+	// Only the creation of a pod itself: its subresources (binding, eviction, ephemeralcontainers)
+	// and updates are not where a pod's environment is set.
+	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.SubResource != "" || req.Operation != "CREATE" {
+		return "skipped"
+	}
+	var pod slimPod
+	if err := json.Unmarshal(req.Object, &pod); err != nil {
+		resp.Allowed = false
+		resp.Result = &status{Code: http.StatusBadRequest, Message: "the request's object is not a Pod: " + err.Error()}
+		return "denied"
+	}
+	if out, _ := pod.optedOut(); out {
+		return "opted_out"
+	}
+	p := h.m.patch(&pod)
+	if p == nil {
+		return "unchanged"
+	}
+	resp.PatchType = "JSONPatch"
+	resp.Patch = p
+	return "patched"
+}
+
