@@ -152,9 +152,41 @@ func StartClusters(t testing.TB, opts ...Options) []*Cluster {
 	return clusters
 }
 
+// Cleaner registers teardown work: *testing.T does, and so does a Teardown for clusters that outlive
+// a test (the demo).
+type Cleaner interface {
+	Cleanup(func())
+}
+
+// Teardown collects cleanups and runs them, last registered first, when Run is called.
+type Teardown struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+// Cleanup registers f.
+func (td *Teardown) Cleanup(f func()) { td.mu.Lock(); td.fns = append(td.fns, f); td.mu.Unlock() }
+
+// Run runs the registered cleanups once, in reverse order.
+func (td *Teardown) Run() {
+	td.mu.Lock()
+	fns := td.fns
+	td.fns = nil
+	td.mu.Unlock()
+	for i := len(fns) - 1; i >= 0; i-- {
+		fns[i]()
+	}
+}
+
+// StartDetached starts a cluster outside any test (for `make demo`): its processes run until
+// td.Run() stops them by PID.
+func StartDetached(td *Teardown, assets string, opts Options) (*Cluster, error) {
+	return start(td, assets, opts)
+}
+
 // start does the work of Start without calling t.Fatal, so it can run on any goroutine. The
-// cluster's shutdown is registered with t.Cleanup as soon as its processes exist.
-func start(t testing.TB, assets string, opts Options) (*Cluster, error) {
+// cluster's shutdown is registered with the Cleaner as soon as its processes exist.
+func start(t Cleaner, assets string, opts Options) (*Cluster, error) {
 	if opts.Name == "" {
 		opts.Name = "cluster"
 	}
@@ -197,7 +229,11 @@ func start(t testing.TB, assets string, opts Options) (*Cluster, error) {
 	// half-failed start.
 	t.Cleanup(func() {
 		if err := env.Stop(); err != nil {
-			t.Errorf("stopping cluster %s: %v", opts.Name, err)
+			if tb, ok := t.(testing.TB); ok {
+				tb.Errorf("stopping cluster %s: %v", opts.Name, err)
+			} else {
+				fmt.Fprintf(os.Stderr, "stopping cluster %s: %v\n", opts.Name, err)
+			}
 		}
 	})
 	if _, err := env.Start(); err != nil {
