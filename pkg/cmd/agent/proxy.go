@@ -1,0 +1,253 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/apiproxy/apiproxy/pkg/health"
+	"github.com/apiproxy/apiproxy/pkg/proxy"
+	"github.com/apiproxy/apiproxy/pkg/tunnel"
+)
+
+func init() { registerRole(newProxyCommand) }
+
+// proxyOptions are the flags of `agent proxy` (names are a contract with the deploy manifests).
+type proxyOptions struct {
+	Listen         string
+	ListenTCP      []string
+	Upstream       string
+	UpstreamProxy  string
+	AllowTargets   []string
+	MetricsAddr    string
+	MaxTunnels     int
+	MaxHeaderBytes int
+	HeaderTimeout  time.Duration
+	DialTimeout    time.Duration
+	IdleTimeout    time.Duration
+	ShutdownGrace  time.Duration
+	KeepAlive      time.Duration
+	ReadyDial      bool
+
+	// getenv reads KUBERNETES_SERVICE_*; tests replace it.
+	getenv func(string) string
+	allow  *proxy.AllowList
+}
+
+func newProxyCommand(out, errOut io.Writer) *cobra.Command {
+	o := &proxyOptions{getenv: os.Getenv}
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "HTTP CONNECT proxy (and transparent TCP listeners) to the local kube-apiserver",
+		Long: `Accepts HTTP CONNECT tunnels and relays each to the upstream API server, whatever authority it
+names, unless the authority matches an --allow-target (then it is dialed as named). Nothing else is
+ever dialed: it is not an open proxy. TLS runs end to end; the proxy holds no credentials.
+
+--listen-tcp adds transparent listeners (e.g. on a node IP) that relay raw TCP to the upstream.
+--upstream-proxy makes every upstream dial itself a CONNECT through another proxy.`,
+		Example: `  # in a pod: upstream from KUBERNETES_SERVICE_HOST/PORT
+  agent proxy --listen :8118 --metrics-addr :9090
+
+  # consumer side of a fabric: node IP listener, tunnels through the provider's proxy
+  agent proxy --listen "" --listen-tcp 10.96.0.2:443 --upstream kubernetes.default.svc:443 --upstream-proxy http://10.81.0.3:8118`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Complete(); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return o.Run(ctx, errOut)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Listen, "listen", ":8118", `CONNECT listener address ("" disables it)`)
+	f.StringArrayVar(&o.ListenTCP, "listen-tcp", nil, "transparent TCP listener IP:PORT relaying raw bytes to the upstream (repeatable)")
+	f.StringVar(&o.Upstream, "upstream", "", "API server HOST:PORT (default: KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT)")
+	f.StringVar(&o.UpstreamProxy, "upstream-proxy", "", "dial every upstream through this CONNECT proxy, http://HOST:PORT")
+	f.StringArrayVar(&o.AllowTargets, "allow-target", nil, "authority dialed as named when a CONNECT asks for it: HOST:PORT or CIDR:PORT (repeatable)")
+	f.StringVar(&o.MetricsAddr, "metrics-addr", ":9090", `address of /healthz, /readyz and /metrics ("" disables it)`)
+	f.IntVar(&o.MaxTunnels, "max-tunnels", 10000, "concurrent tunnels; more get 503 (0: unlimited)")
+	f.IntVar(&o.MaxHeaderBytes, "max-header-bytes", 8192, "largest CONNECT request head accepted")
+	f.DurationVar(&o.HeaderTimeout, "header-timeout", 10*time.Second, "time a client has to send its complete CONNECT request head")
+	f.DurationVar(&o.DialTimeout, "dial-timeout", 10*time.Second, "time to connect to the upstream before answering 504")
+	f.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "close tunnels idle in both directions for that long (0: never; watches can be silent for long)")
+	f.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long open tunnels may still run")
+	f.DurationVar(&o.KeepAlive, "tcp-keepalive", 30*time.Second, "TCP keepalive period on both sides of each tunnel (<0 disables)")
+	f.BoolVar(&o.ReadyDial, "readiness-dial-upstream", false, "/readyz also requires that the upstream is dialable")
+	return cmd
+}
+
+// Complete fills the upstream from the in-cluster environment when --upstream is not given.
+func (o *proxyOptions) Complete() error {
+	if o.Upstream != "" {
+		return nil
+	}
+	host, port := o.getenv("KUBERNETES_SERVICE_HOST"), o.getenv("KUBERNETES_SERVICE_PORT")
+	if host == "" {
+		return errors.New("no upstream: pass --upstream HOST:PORT, or run in a pod where KUBERNETES_SERVICE_HOST (and _PORT) are set")
+	}
+	if port == "" {
+		port = "443"
+	}
+	o.Upstream = net.JoinHostPort(strings.Trim(host, "[]"), port)
+	return nil
+}
+
+// Validate checks every flag and says which one is wrong.
+func (o *proxyOptions) Validate() error {
+	if _, _, err := proxy.ParseAuthority(o.Upstream); err != nil {
+		return fmt.Errorf("invalid --upstream %q: want HOST:PORT (IPv6 in brackets): %v", o.Upstream, err)
+	}
+	if o.Listen == "" && len(o.ListenTCP) == 0 {
+		return errors.New("nothing to listen on: --listen is empty and no --listen-tcp given")
+	}
+	for _, a := range append([]string{o.Listen}, o.ListenTCP...) {
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("invalid listen address %q: want [IP]:PORT: %v", a, err)
+		}
+	}
+	if o.UpstreamProxy != "" {
+		if _, err := tunnel.ProxyHostPort(o.UpstreamProxy); err != nil {
+			return fmt.Errorf("invalid --upstream-proxy: %v", err)
+		}
+	}
+	al, err := proxy.ParseAllowList(o.AllowTargets)
+	if err != nil {
+		return err
+	}
+	o.allow = al
+	switch {
+	case o.MaxTunnels < 0:
+		return fmt.Errorf("invalid --max-tunnels %d: must be >= 0", o.MaxTunnels)
+	case o.MaxHeaderBytes < 256:
+		return fmt.Errorf("invalid --max-header-bytes %d: must be >= 256", o.MaxHeaderBytes)
+	case o.HeaderTimeout <= 0:
+		return fmt.Errorf("invalid --header-timeout %s: must be > 0", o.HeaderTimeout)
+	case o.DialTimeout <= 0:
+		return fmt.Errorf("invalid --dial-timeout %s: must be > 0", o.DialTimeout)
+	case o.IdleTimeout < 0:
+		return fmt.Errorf("invalid --idle-timeout %s: must be >= 0", o.IdleTimeout)
+	case o.ShutdownGrace < 0:
+		return fmt.Errorf("invalid --shutdown-grace %s: must be >= 0", o.ShutdownGrace)
+	}
+	return nil
+}
+
+// Run serves until ctx ends (a signal), then drains for --shutdown-grace.
+func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
+	logger := klog.Background().WithName("proxy")
+	hs := health.New()
+	srv, err := proxy.New(proxy.Config{
+		Upstream: o.Upstream, Allow: o.allow, UpstreamProxy: o.UpstreamProxy,
+		DialTimeout: o.DialTimeout, HeaderTimeout: o.HeaderTimeout, MaxHeaderBytes: o.MaxHeaderBytes,
+		IdleTimeout: o.IdleTimeout, MaxTunnels: o.MaxTunnels, KeepAlive: o.KeepAlive,
+		Logger: logger, Registerer: hs.Registry,
+	})
+	if err != nil {
+		return err
+	}
+	type bound struct {
+		l   net.Listener
+		tcp bool
+	}
+	var ls []bound
+	closeAll := func() {
+		for _, b := range ls {
+			b.l.Close()
+		}
+	}
+	if o.Listen != "" {
+		l, err := proxy.Listen(ctx, o.Listen, o.KeepAlive)
+		if err != nil {
+			return fmt.Errorf("--listen %s: %w", o.Listen, err)
+		}
+		ls = append(ls, bound{l: l})
+	}
+	for _, a := range o.ListenTCP {
+		l, err := proxy.Listen(ctx, a, o.KeepAlive)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("--listen-tcp %s: %w", a, err)
+		}
+		ls = append(ls, bound{l: l, tcp: true})
+	}
+	if err := hs.Listen(o.MetricsAddr); err != nil {
+		closeAll()
+		return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
+	}
+	hs.SetReadiness(func() error {
+		if err := srv.Ready(); err != nil {
+			return err
+		}
+		if o.ReadyDial {
+			return o.checkUpstream()
+		}
+		return nil
+	})
+
+	errc := make(chan error, len(ls)+1)
+	for _, b := range ls {
+		kind, serve := "CONNECT", srv.Serve
+		if b.tcp {
+			kind, serve = "transparent TCP", srv.ServeTCP
+		}
+		logger.Info("listening", "kind", kind, "addr", b.l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", o.UpstreamProxy, "allowTargets", o.allow.Len())
+		go func() { errc <- serve(b.l) }()
+	}
+	hctx, hcancel := context.WithCancel(context.Background())
+	defer hcancel()
+	go func() { _ = hs.Serve(hctx) }()
+	if hs.Addr() != "" {
+		logger.Info("health and metrics", "addr", hs.Addr())
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	logger.Info("draining", "grace", o.ShutdownGrace, "activeTunnels", srv.Active())
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Info("grace period over, closed the remaining tunnels")
+	} else {
+		logger.Info("drained")
+	}
+	klog.Flush()
+	if serveErr != nil && !errors.Is(serveErr, proxy.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+func (o *proxyOptions) checkUpstream() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var d tunnel.ContextDialer = &net.Dialer{}
+	if o.UpstreamProxy != "" {
+		d = &tunnel.Dialer{Proxy: o.UpstreamProxy}
+	}
+	c, err := d.DialContext(ctx, "tcp", o.Upstream)
+	if err != nil {
+		return fmt.Errorf("upstream %s not dialable: %w", o.Upstream, err)
+	}
+	return c.Close()
+}
