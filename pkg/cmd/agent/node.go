@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/apiproxy/apiproxy/pkg/health"
+	"github.com/apiproxy/apiproxy/pkg/node"
+	"github.com/apiproxy/apiproxy/pkg/node/netif"
+	"github.com/apiproxy/apiproxy/pkg/node/rules"
+)
+
+func init() { registerRole(newNodeCommand) }
+
+// NodeOptions are the flags of `agent node`, named as in Gardener's apiserver-proxy sidecar so it
+// can replace it in place.
+type NodeOptions struct {
+	IPAddress     string
+	Interface     string
+	Port          int
+	SetupIPTables bool
+	Cleanup       bool
+	Daemon        bool
+	SyncInterval  time.Duration
+	MetricsAddr   string
+
+	ip     net.IP
+	errOut io.Writer
+}
+
+func newNodeCommand(_, errOut io.Writer) *cobra.Command {
+	o := &NodeOptions{Interface: "lo", Port: 443, Daemon: true, SyncInterval: time.Minute, errOut: errOut}
+	cmd := &cobra.Command{
+		Use:   "node --ip-address IP",
+		Short: "Keep the node-local API server IP (and optionally its iptables rules) on this node",
+		Long: `Puts --ip-address as /32 (IPv4) or /128 (IPv6) on --interface, creating it as a dummy device when
+it does not exist, and removes the same IP from every other interface. With --setup-iptables it also
+keeps five rules (raw NOTRACK both ways, filter ACCEPT) for --port. As a daemon it re-syncs every
+--sync-interval and at once when the kernel reports an address or link change.`,
+		Example: `  agent node --ip-address 10.96.0.2 --interface apiproxy0 --setup-iptables --cleanup
+  agent node --ip-address 10.96.0.2 --daemon=false    # init container: one sync, then exit`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			return o.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.IPAddress, "ip-address", "", "IP address on which the proxy listens (required), kept as /32 or /128")
+	f.StringVar(&o.Interface, "interface", o.Interface, "[optional] interface to put the address on; created as a dummy device if missing")
+	f.IntVar(&o.Port, "port", o.Port, "[optional] port on which the proxy listens (used by the iptables rules)")
+	f.BoolVar(&o.SetupIPTables, "setup-iptables", false, "[optional] also keep the iptables rules (ip6tables for IPv6)")
+	f.BoolVar(&o.Cleanup, "cleanup", false, "[optional] on SIGTERM/SIGINT remove the rules, the address, and the interface if this agent created it")
+	f.BoolVar(&o.Daemon, "daemon", o.Daemon, "[optional] keep running and repairing; false: sync once and exit")
+	f.DurationVar(&o.SyncInterval, "sync-interval", o.SyncInterval, "[optional] interval of the periodic re-sync (kernel events trigger one at once anyway)")
+	f.StringVar(&o.MetricsAddr, "metrics-addr", "", `address for /healthz, /readyz and /metrics, e.g. ":9101" ("" disables)`)
+	return cmd
+}
+
+// Validate checks the flags before anything on the node is touched.
+func (o *NodeOptions) Validate() error {
+	if o.IPAddress == "" {
+		return errors.New("--ip-address is required, e.g. --ip-address 10.96.0.2")
+	}
+	if o.ip = net.ParseIP(o.IPAddress); o.ip == nil {
+		return fmt.Errorf("--ip-address %q is not an IP address; give a single address such as 10.96.0.2 or fd00::2, without a prefix length", o.IPAddress)
+	}
+	if ip4 := o.ip.To4(); ip4 != nil {
+		o.ip = ip4
+	}
+	if o.ip.IsUnspecified() || o.ip.IsMulticast() {
+		return fmt.Errorf("--ip-address %s cannot be put on an interface; give a unicast address", o.IPAddress)
+	}
+	if err := netif.ValidateLinkName(o.Interface); err != nil {
+		return fmt.Errorf("--interface: %w", err)
+	}
+	if o.Port < 1 || o.Port > 65535 {
+		return fmt.Errorf("--port %d is out of range; give a TCP port between 1 and 65535", o.Port)
+	}
+	if o.SyncInterval <= 0 {
+		return fmt.Errorf("--sync-interval %s must be positive, e.g. 1m", o.SyncInterval)
+	}
+	if o.Cleanup && !o.Daemon {
+		return errors.New("--cleanup removes everything when the daemon stops; with --daemon=false it would undo the sync at once: drop one of the two flags")
+	}
+	return nil
+}
+
+// Run syncs once (--daemon=false) or keeps syncing until ctx is done.
+func (o *NodeOptions) Run(ctx context.Context) error {
+	link, err := netif.New()
+	if err != nil {
+		return err
+	}
+	defer link.Close()
+	cfg := node.Config{IP: o.ip, Interface: o.Interface}
+	if o.SetupIPTables {
+		m, err := rules.New(o.ip, o.Port)
+		if err != nil {
+			return err
+		}
+		klog.InfoS("Keeping iptables rules", "backend", m.Backend(), "rules", len(m.Rules()))
+		cfg.Rules = m
+	}
+	hs := health.New()
+	s, err := node.New(cfg, link, hs.Registry)
+	if err != nil {
+		return err
+	}
+	if !o.Daemon {
+		if err := s.Sync(ctx); err != nil {
+			return fmt.Errorf("sync failed: %w", err)
+		}
+		fmt.Fprintf(o.errOut, "%s is on %s\n", o.ip, o.Interface)
+		return nil
+	}
+
+	// A first sync that fails for lack of privileges will fail forever: say so and stop, rather
+	// than crash-loop silently in the logs.
+	if err := s.Sync(ctx); errors.Is(err, netif.ErrPermission) {
+		return err
+	}
+	hs.SetReadiness(s.Ready)
+	if err := hs.Listen(o.MetricsAddr); err != nil {
+		return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
+	}
+	hctx, stopHealth := context.WithCancel(context.Background())
+	defer stopHealth()
+	go func() {
+		if err := hs.Serve(hctx); err != nil {
+			klog.ErrorS(err, "Health server stopped")
+		}
+	}()
+	klog.InfoS("Keeping address in place", "address", o.ip.String(), "interface", o.Interface,
+		"iptables", o.SetupIPTables, "syncInterval", o.SyncInterval, "metrics", hs.Addr())
+	_ = s.Run(ctx, o.SyncInterval)
+	if o.Cleanup {
+		if err := s.Cleanup(); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+		klog.InfoS("Cleaned up", "address", o.ip.String(), "interface", o.Interface)
+	}
+	return nil
+}
