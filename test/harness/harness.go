@@ -178,10 +178,10 @@ func (td *Teardown) Run() {
 	}
 }
 
-// StartDetached starts a cluster outside any test (for `make demo`): its processes run until
-// td.Run() stops them by PID.
-func StartDetached(td *Teardown, assets string, opts Options) (*Cluster, error) {
-	return start(td, assets, opts)
+// StartWith starts a cluster without failing a test: for goroutines, and outside any test (`make
+// demo`, with a Teardown whose Run stops the processes by PID).
+func StartWith(c Cleaner, assets string, opts Options) (*Cluster, error) {
+	return start(c, assets, opts)
 }
 
 // start does the work of Start without calling t.Fatal, so it can run on any goroutine. The
