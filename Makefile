@@ -19,7 +19,7 @@ export CGO_ENABLED ?= 0
 ASSETS = $(shell hack/test-assets.sh --dir)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build test unit test-assets e2e bench lint clean
+.PHONY: help build test unit test-assets e2e bench lint clean demo demo-down
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ e2e: test-assets ## only the end-to-end tests (test/e2e)
 
 bench: test-assets ## benchmarks with ratios against baselines measured in the same run
 	KUBEBUILDER_ASSETS=$(ASSETS) go run ./test/bench
+
+demo: ## the seed's cl01/cl02 example on this machine: get-ip and connect, end to end
+	hack/demo.sh up
+
+demo-down: ## stop what `make demo` started
+	hack/demo.sh down
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -1,0 +1,180 @@
+// Package scenario sets up the seed's two-cluster situation on one machine, for the e2e tests and
+// `make demo`: cl02 runs `agent proxy` in front of its API server; Liqo's fabric exposes the proxy's
+// remapped IP 127.70.0.3 (in 127.70.0.0/16) to cl01, whose Configuration remaps cl02's external CIDR
+// to 127.81.0.0/16; so cl01 reaches the proxy at 127.81.0.3:8118. The addresses are loopback ones,
+// so no network namespace is needed and no traffic leaves the machine.
+package scenario
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/apiproxy/apiproxy/test/fixtures/liqo"
+	"github.com/apiproxy/apiproxy/test/harness"
+)
+
+// The seed's numbers, moved into 127.0.0.0/8.
+const (
+	ProviderRemappedIP   = "127.70.0.3"
+	ProviderExternalCIDR = "127.70.0.0/16"
+	ConsumerRemappedCIDR = "127.81.0.0/16"
+	FinalIP              = "127.81.0.3"
+	ProxyPort            = 8118
+	// ProviderLocalIP stands for the proxy Service's ClusterIP in cl02: data only, never dialed.
+	ProviderLocalIP = "10.0.0.10"
+	// OnlyInProvider is a namespace that exists in cl02 alone: seeing it proves which API server answered.
+	OnlyInProvider = "only-in-cl02"
+
+	ConsumerClusterID = "cl01-a1b2c3"
+	ProviderClusterID = "cl02-d4e5f6"
+)
+
+// Options tune the scenario.
+type Options struct {
+	// AgentBinary is the built `agent` binary that runs as cl02's proxy.
+	AgentBinary string
+	// Aggregation starts cl02 with the aggregation layer configured.
+	Aggregation bool
+	// Dir receives the merged kubeconfig and the proxy's log.
+	Dir string
+}
+
+// Scenario is the running setup.
+type Scenario struct {
+	CL01, CL02 *harness.Cluster
+	// Kubeconfig has contexts cl01 and cl02; cl02 is current (the cluster we want to reach).
+	Kubeconfig string
+	ProxyAddr  string
+	ProxyLog   string
+
+	proxy     *exec.Cmd
+	stopProxy func()
+}
+
+// Up starts both clusters, creates the Liqo-shaped objects, and starts cl02's proxy. Everything is
+// stopped through c (t.Cleanup in tests, a harness.Teardown in the demo).
+func Up(c harness.Cleaner, assets string, opts Options) (*Scenario, error) {
+	ctx := context.Background()
+	crds := []*apiextensionsv1.CustomResourceDefinition{liqo.IPCRD(), liqo.ConfigurationCRD()}
+	type started struct {
+		c   *harness.Cluster
+		err error
+	}
+	ch := make(chan started, 2)
+	go func() {
+		cl, err := harness.StartWith(c, assets, harness.Options{Name: "cl01", CRDs: crds})
+		ch <- started{cl, err}
+	}()
+	cl02, err := harness.StartWith(c, assets, harness.Options{Name: "cl02", CRDs: crds, Aggregation: opts.Aggregation})
+	r := <-ch
+	if err = errors.Join(err, r.err); err != nil {
+		return nil, err
+	}
+	s := &Scenario{CL01: r.c, CL02: cl02, ProxyAddr: net.JoinHostPort(FinalIP, strconv.Itoa(ProxyPort))}
+
+	if err := peer(ctx, cl02.Config, s.CL01.Config); err != nil {
+		return nil, err
+	}
+	cs, err := kubernetes.NewForConfig(cl02.Config)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: OnlyInProvider}}, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("namespace %s in cl02: %w", OnlyInProvider, err)
+	}
+
+	// cl02 is the current context: the provider we want to reach, as in `get-ip --remote cl01`.
+	kc := harness.MergeKubeconfigs(cl02, s.CL01)
+	s.Kubeconfig = filepath.Join(opts.Dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, s.Kubeconfig); err != nil {
+		return nil, err
+	}
+	if err := s.StartProxy(c, opts.AgentBinary, opts.Dir); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// StartProxy runs `agent proxy` on the remapped address with cl02's API server as upstream, and
+// waits until it accepts connections.
+func (s *Scenario) StartProxy(c harness.Cleaner, agent, dir string) error {
+	u, err := url.Parse(s.CL02.Config.Host)
+	if err != nil {
+		return fmt.Errorf("cl02 server %q: %w", s.CL02.Config.Host, err)
+	}
+	s.ProxyLog = filepath.Join(dir, "agent-proxy.log")
+	logf, err := os.OpenFile(s.ProxyLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(agent, "proxy", "--listen", s.ProxyAddr, "--upstream", u.Host, "--metrics-addr", "127.0.0.1:0")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("starting %s proxy: %w", agent, err)
+	}
+	s.proxy = cmd
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	c.Cleanup(func() { stopProcess(cmd, exited) })
+	s.stopProxy = func() { stopProcess(cmd, exited) }
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", s.ProxyAddr, time.Second)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(s.ProxyLog)
+			return fmt.Errorf("agent proxy exited at start (is %s already in use, e.g. by `make demo`? run `make demo-down`):\n%s", s.ProxyAddr, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent proxy not accepting on %s after 15s: %v", s.ProxyAddr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// StopProxy stops cl02's proxy (SIGTERM to its PID, SIGKILL after 5 s).
+func (s *Scenario) StopProxy() {
+	if s.stopProxy != nil {
+		s.stopProxy()
+	}
+}
+
+// ProxyPID is the proxy process's PID.
+func (s *Scenario) ProxyPID() int { return s.proxy.Process.Pid }
+
+func stopProcess(cmd *exec.Cmd, exited <-chan struct{}) {
+	select {
+	case <-exited:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
