@@ -1,0 +1,422 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/apiproxy/apiproxy/pkg/node/netif"
+)
+
+// Bad input is rejected before anything on the node is touched, so these need no root.
+func TestNodeBadInput(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "--ip-address is required"},
+		{[]string{"--ip-address", "not-an-ip"}, `"not-an-ip" is not an IP address`},
+		{[]string{"--ip-address", "10.96.0.2/32"}, "without a prefix length"},
+		{[]string{"--ip-address", "0.0.0.0"}, "give a unicast address"},
+		{[]string{"--ip-address", "10.96.0.2", "--interface", "this-name-is-too-long"}, "at most 15"},
+		{[]string{"--ip-address", "10.96.0.2", "--interface", "a/b"}, "does not allow"},
+		{[]string{"--ip-address", "10.96.0.2", "--port", "0"}, "between 1 and 65535"},
+		{[]string{"--ip-address", "10.96.0.2", "--port", "70000"}, "between 1 and 65535"},
+		{[]string{"--ip-address", "10.96.0.2", "--sync-interval", "0s"}, "must be positive"},
+		{[]string{"--ip-address", "10.96.0.2", "--daemon=false", "--cleanup"}, "drop one of the two flags"},
+	}
+	for _, c := range cases {
+		var out, errOut bytes.Buffer
+		root := NewRootCommand(&out, &errOut)
+		root.SetArgs(append([]string{"node"}, c.args...))
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("agent node %v: got %v, want an error containing %q", c.args, err, c.want)
+		}
+	}
+}
+
+func TestNodeFlagDefaults(t *testing.T) {
+	cmd := newNodeCommand(&bytes.Buffer{}, &bytes.Buffer{})
+	for flag, want := range map[string]string{
+		"interface": "lo", "port": "443", "daemon": "true", "sync-interval": "1m0s",
+		"setup-iptables": "false", "cleanup": "false", "ip-address": "", "metrics-addr": "",
+	} {
+		f := cmd.Flags().Lookup(flag)
+		if f == nil || f.DefValue != want {
+			t.Errorf("--%s default = %v, want %q", flag, f, want)
+		}
+	}
+}
+
+// ---- real network namespaces, real binary ----
+
+var nodeAgent struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// nodeAgentBinary builds ./cmd/agent once per test run. The agent runs under `ip netns exec`, so
+// the whole process, including the iptables binaries go-iptables execs, lives in the test's
+// namespace.
+func nodeAgentBinary(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and changes addresses and iptables in them")
+	}
+	nodeAgent.once.Do(func() {
+		dir, err := os.MkdirTemp("", "apiproxy-node-test-")
+		if err != nil {
+			nodeAgent.err = err
+			return
+		}
+		nodeAgent.path = filepath.Join(dir, "agent")
+		out, err := exec.Command("go", "build", "-o", nodeAgent.path, "github.com/apiproxy/apiproxy/cmd/agent").CombinedOutput()
+		if err != nil {
+			nodeAgent.err = err
+			t.Logf("go build: %s", out)
+		}
+	})
+	if nodeAgent.err != nil {
+		t.Fatalf("build agent: %v", nodeAgent.err)
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Fatal("iptables is not installed: apt-get install -y iptables")
+	}
+	return nodeAgent.path
+}
+
+// testNetns creates a fresh named network namespace, deleted at the end of the test.
+func testNetns(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := "apiproxy-test-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", name).Run() })
+	return name
+}
+
+// inNetns runs a command in the namespace and returns its combined output and error.
+func inNetns(ns string, args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func mustInNetns(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	out, err := inNetns(ns, args...)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+// saved returns iptables-save (or ip6tables-save) output without its timestamped comments.
+func saved(t *testing.T, ns, bin string) string {
+	var keep []string
+	for _, l := range strings.Split(mustInNetns(t, ns, bin), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+func wantRules(ip, port string) []string {
+	return []string{
+		"-A PREROUTING -d " + ip + " -p tcp -m tcp --dport " + port + " -j NOTRACK",
+		"-A OUTPUT -d " + ip + " -p tcp -m tcp --dport " + port + " -j NOTRACK",
+		"-A OUTPUT -s " + ip + " -p tcp -m tcp --sport " + port + " -j NOTRACK",
+		"-A INPUT -d " + ip + " -p tcp -m tcp --dport " + port + " -j ACCEPT",
+		"-A OUTPUT -s " + ip + " -p tcp -m tcp --sport " + port + " -j ACCEPT",
+	}
+}
+
+func countRules(save string, rules []string) (present, total int) {
+	for _, r := range rules {
+		n := strings.Count(save, r+"\n")
+		total += n
+		if n > 0 {
+			present++
+		}
+	}
+	return present, total
+}
+
+// kernelHasDummy says whether this kernel can create dummy devices (some VM kernels are built
+// without CONFIG_DUMMY; the agent then uses a port-less bridge).
+func kernelHasDummy(t *testing.T, ns string) bool {
+	if _, err := inNetns(ns, "ip", "link", "add", "probe0", "type", "dummy"); err != nil {
+		return false
+	}
+	mustInNetns(t, ns, "ip", "link", "del", "probe0")
+	return true
+}
+
+func TestNodeOneShotIsIdempotent(t *testing.T) {
+	for _, c := range []struct{ ip, cidr, save, iface string }{
+		{"10.96.0.2", "10.96.0.2/32", "iptables-save", "apiproxy0"},
+		{"fd00::2", "fd00::2/128", "ip6tables-save", "apiproxy6"},
+	} {
+		t.Run(c.save, func(t *testing.T) {
+			agent := nodeAgentBinary(t)
+			ns := testNetns(t)
+			dummy := kernelHasDummy(t, ns)
+			args := []string{agent, "node", "--ip-address", c.ip, "--interface", c.iface, "--port", "6443", "--setup-iptables", "--daemon=false"}
+			if out, err := inNetns(ns, args...); err != nil {
+				t.Fatalf("one-shot sync failed: %v\n%s", err, out)
+			}
+			link := mustInNetns(t, ns, "ip", "-d", "addr", "show", c.iface)
+			if !strings.Contains(link, c.cidr) || !strings.Contains(link, ",UP") || !strings.Contains(link, netif.OwnerAlias) {
+				t.Fatalf("want %s up with %s and our mark:\n%s", c.iface, c.cidr, link)
+			}
+			if dummy && !strings.Contains(link, "\n    dummy ") {
+				t.Errorf("want a dummy device:\n%s", link)
+			}
+			first := saved(t, ns, c.save)
+			if present, total := countRules(first, wantRules(c.cidr, "6443")); present != 5 || total != 5 {
+				t.Fatalf("want the five rules once each, got %d present / %d total:\n%s", present, total, first)
+			}
+			if out, err := inNetns(ns, args...); err != nil {
+				t.Fatalf("second run failed: %v\n%s", err, out)
+			}
+			if second := saved(t, ns, c.save); second != first {
+				t.Errorf("second run changed the rules:\n--- first\n%s\n--- second\n%s", first, second)
+			}
+			if n := strings.Count(mustInNetns(t, ns, "ip", "addr", "show", c.iface), c.cidr); n != 1 {
+				t.Errorf("address present %d times after two runs", n)
+			}
+		})
+	}
+}
+
+func TestNodeOneShotFailures(t *testing.T) {
+	agent := nodeAgentBinary(t)
+	ns := testNetns(t)
+	cases := []struct {
+		name string
+		cmd  []string
+		want string
+	}{
+		{"no privileges", []string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+			agent, "node", "--ip-address", "10.96.0.2", "--daemon=false"}, "needs CAP_NET_ADMIN"},
+		{"iptables missing", []string{"env", "PATH=/nonexistent", agent, "node", "--ip-address", "10.96.0.2",
+			"--setup-iptables", "--daemon=false"}, "install iptables"},
+		{"bad ip", []string{agent, "node", "--ip-address", "not-an-ip", "--daemon=false"}, "not an IP address"},
+	}
+	for _, c := range cases {
+		out, err := inNetns(ns, c.cmd...)
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() == 0 || !strings.Contains(out, c.want) {
+			t.Errorf("%s: want a non-zero exit saying %q, got %v:\n%s", c.name, c.want, err, out)
+		}
+	}
+	if out := mustInNetns(t, ns, "ip", "addr"); strings.Contains(out, "10.96.0.2") {
+		t.Errorf("a failed run left the address behind:\n%s", out)
+	}
+}
+
+// nodeDaemon is an agent started by startNodeDaemon.
+type nodeDaemon struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited and been reaped
+}
+
+// startNodeDaemon runs the agent as a daemon in ns; it is stopped (SIGTERM, then SIGKILL) at the
+// end of the test unless the test stops it first with stop.
+func startNodeDaemon(t *testing.T, ns string, args ...string) *nodeDaemon {
+	t.Helper()
+	agent := nodeAgentBinary(t)
+	// `ip netns exec` execs the agent in place, so the PID we signal is the agent's.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, agent, "node"}, args...)...)
+	var logs syncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &nodeDaemon{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", logs.String())
+		}
+	})
+	return d
+}
+
+// stop sends SIGTERM and waits (bounded) for the process to exit with status 0.
+func (d *nodeDaemon) stop(t *testing.T) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not exit within 10 s of SIGTERM")
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("agent exited with %d after SIGTERM", code)
+	}
+}
+
+// syncBuffer collects a process's output while the test may read it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestNodeDaemonRepairsAddressOnKernelEventsAndCleansUp(t *testing.T) {
+	ns := testNetns(t)
+	rules := wantRules("10.96.0.2/32", "443")
+	hasAddr := func(iface string) bool {
+		out, _ := inNetns(ns, "ip", "-4", "addr", "show", "dev", iface)
+		return strings.Contains(out, "10.96.0.2/32")
+	}
+	// The interval is an hour: every repair below can only come from a kernel event.
+	cmd := startNodeDaemon(t, ns, "--ip-address", "10.96.0.2", "--interface", "apiproxy0",
+		"--setup-iptables", "--cleanup", "--sync-interval", "1h")
+	waitUntil(t, 5*time.Second, "the address and the five rules", func() bool {
+		p, _ := countRules(saved(t, ns, "iptables-save"), rules)
+		return hasAddr("apiproxy0") && p == 5
+	})
+
+	for i := 0; i < 3; i++ {
+		mustInNetns(t, ns, "ip", "addr", "del", "10.96.0.2/32", "dev", "apiproxy0")
+		waitUntil(t, 5*time.Second, "the deleted address to come back", func() bool { return hasAddr("apiproxy0") })
+	}
+
+	// A copy of the IP on another interface is removed (a moved IP must not linger).
+	mustInNetns(t, ns, "ip", "link", "add", "other0", "type", "bridge")
+	mustInNetns(t, ns, "ip", "addr", "add", "10.96.0.2/32", "dev", "other0")
+	waitUntil(t, 5*time.Second, "the stray copy on other0 to be removed", func() bool { return !hasAddr("other0") })
+
+	// The device itself deleted: recreated with the address.
+	mustInNetns(t, ns, "ip", "link", "del", "apiproxy0")
+	waitUntil(t, 5*time.Second, "the deleted device and its address to come back", func() bool { return hasAddr("apiproxy0") })
+
+	cmd.stop(t)
+	if p, _ := countRules(saved(t, ns, "iptables-save"), rules); p != 0 {
+		t.Errorf("%d rules left after cleanup", p)
+	}
+	if out, err := inNetns(ns, "ip", "link", "show", "apiproxy0"); err == nil {
+		t.Errorf("the device the agent created is still there after cleanup:\n%s", out)
+	}
+	if _, err := inNetns(ns, "ip", "link", "show", "lo"); err != nil {
+		t.Error("lo is gone")
+	}
+	if out, _ := inNetns(ns, "ip", "addr", "show", "dev", "other0"); !strings.Contains(out, "other0") {
+		t.Errorf("cleanup touched other0:\n%s", out)
+	}
+}
+
+func TestNodeDaemonRestoresRulesAtNextSync(t *testing.T) {
+	ns := testNetns(t)
+	rules := wantRules("10.96.0.3/32", "443")
+	count := func() (int, int) { return countRules(saved(t, ns, "iptables-save"), rules) }
+	// iptables changes raise no netlink event: the periodic sync is what repairs them.
+	startNodeDaemon(t, ns, "--ip-address", "10.96.0.3", "--setup-iptables", "--sync-interval", "1s")
+	waitUntil(t, 5*time.Second, "the rules", func() bool { p, _ := count(); return p == 5 })
+	mustInNetns(t, ns, "iptables", "-t", "raw", "-D", "OUTPUT", "-s", "10.96.0.3/32", "-p", "tcp", "-m", "tcp", "--sport", "443", "-j", "NOTRACK")
+	mustInNetns(t, ns, "iptables", "-t", "filter", "-F", "INPUT")
+	if p, _ := count(); p != 3 {
+		t.Fatalf("could not delete two rules: %d left", p)
+	}
+	waitUntil(t, 10*time.Second, "the deleted rules to come back at the next sync", func() bool { p, _ := count(); return p == 5 })
+	time.Sleep(1500 * time.Millisecond) // at least one more sync: it must not add duplicates
+	if p, total := count(); p != 5 || total != 5 {
+		t.Errorf("after repair: %d rules present, %d in total; want 5 and 5", p, total)
+	}
+	if out := mustInNetns(t, ns, "ip", "addr", "show", "dev", "lo"); !strings.Contains(out, "10.96.0.3/32") || !strings.Contains(out, "UP") {
+		t.Errorf("default interface lo must be up with the address:\n%s", out)
+	}
+}
+
+func TestNodeCleanupKeepsDevicesItDidNotCreate(t *testing.T) {
+	for _, iface := range []string{"lo", "keep0"} {
+		t.Run(iface, func(t *testing.T) {
+			ns := testNetns(t)
+			if iface != "lo" {
+				if _, err := inNetns(ns, "ip", "link", "add", iface, "type", "dummy"); err != nil {
+					mustInNetns(t, ns, "ip", "link", "add", iface, "type", "bridge")
+				}
+			}
+			has := func() bool {
+				out, _ := inNetns(ns, "ip", "addr", "show", "dev", iface)
+				return strings.Contains(out, "fd00::5/128")
+			}
+			cmd := startNodeDaemon(t, ns, "--ip-address", "fd00::5", "--interface", iface, "--setup-iptables", "--cleanup")
+			waitUntil(t, 5*time.Second, "the address and five ip6tables rules", func() bool {
+				p, _ := countRules(saved(t, ns, "ip6tables-save"), wantRules("fd00::5/128", "443"))
+				return has() && p == 5
+			})
+			cmd.stop(t)
+			if has() {
+				t.Error("address left after cleanup")
+			}
+			if p, _ := countRules(saved(t, ns, "ip6tables-save"), wantRules("fd00::5/128", "443")); p != 0 {
+				t.Errorf("%d ip6tables rules left after cleanup", p)
+			}
+			if out, err := inNetns(ns, "ip", "link", "show", iface); err != nil {
+				t.Errorf("cleanup deleted %s, which the agent did not create: %s", iface, out)
+			}
+		})
+	}
+}
+
+func TestNodeWithoutCleanupLeavesEverythingInPlace(t *testing.T) {
+	ns := testNetns(t)
+	cmd := startNodeDaemon(t, ns, "--ip-address", "10.96.0.9", "--interface", "apiproxy0")
+	has := func() bool {
+		out, _ := inNetns(ns, "ip", "addr", "show", "dev", "apiproxy0")
+		return strings.Contains(out, "10.96.0.9/32")
+	}
+	waitUntil(t, 5*time.Second, "the address", has)
+	cmd.stop(t)
+	if !has() {
+		t.Error("without --cleanup the address must survive the agent (traffic keeps flowing across restarts)")
+	}
+}
