@@ -62,6 +62,11 @@ func ParseConnectRequest(br *bufio.Reader) (*ConnectRequest, error) {
 	if err != nil {
 		return nil, readErr("headers", err)
 	}
+	for name := range hdr {
+		if !isToken(name) {
+			return nil, badRequest("malformed header name %q", truncate(name))
+		}
+	}
 	if method != http.MethodConnect {
 		return nil, &RequestError{Status: http.StatusMethodNotAllowed, Reason: fmt.Sprintf("method %s is not allowed, only CONNECT", method)}
 	}

@@ -147,15 +147,8 @@ func (r *relay) copy(dst, src net.Conn, count func(int64)) error {
 	for {
 		avail, eof, err := waitReadable(rc)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && r.opts.IdleTimeout > 0 {
-				next := time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout)
-				if time.Until(next) > 0 {
-					// The other direction moved bytes meanwhile: not idle.
-					_ = src.SetReadDeadline(next)
-					continue
-				}
-				r.idle.Store(true)
-				r.abort(nil)
+			if r.stillBusy(src, err) {
+				continue
 			}
 			return err
 		}
@@ -188,9 +181,29 @@ func (r *relay) copy(dst, src net.Conn, count func(int64)) error {
 		}
 		count(n)
 		if err != nil {
+			if r.stillBusy(src, err) {
+				continue // nothing was lost: unread bytes are still queued in src
+			}
 			return err
 		}
 	}
+}
+
+// stillBusy handles the idle deadline expiring on src: when a byte moved (either way) within the
+// idle timeout it pushes the deadline on and says so; when the tunnel really is idle it closes it.
+// The deadline is only set lazily like this, not per chunk, to keep busy tunnels cheap.
+func (r *relay) stillBusy(src net.Conn, err error) bool {
+	if r.opts.IdleTimeout <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	next := time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout)
+	if time.Until(next) > 0 {
+		_ = src.SetReadDeadline(next)
+		return true
+	}
+	r.idle.Store(true)
+	r.abort(nil)
+	return false
 }
 
 // waitReadable parks until src has bytes queued (avail > 0), reached EOF, or failed, without a
@@ -238,8 +251,8 @@ func (r *relay) copyBuffered(dst, src net.Conn, count func(int64)) error {
 		count(n)
 		return err
 	}
+	_ = src.SetReadDeadline(time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout))
 	for {
-		_ = src.SetReadDeadline(time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout))
 		n, err := src.Read(*bp)
 		if n > 0 {
 			w, werr := dst.Write((*bp)[:n])
@@ -252,12 +265,8 @@ func (r *relay) copyBuffered(dst, src net.Conn, count func(int64)) error {
 			return nil
 		}
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if time.Until(time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout)) > 0 {
-					continue
-				}
-				r.idle.Store(true)
-				r.abort(nil)
+			if r.stillBusy(src, err) {
+				continue
 			}
 			return err
 		}
