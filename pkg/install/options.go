@@ -1,0 +1,216 @@
+// Package install renders the agents' manifests (embedded from deploy/) for the chosen roles and
+// flags, applies them with server-side apply, keeps the webhook's certificates, registers the proxy
+// with Liqo's IPAM, and reports, waits for and removes what it installed.
+package install
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/apiproxy/apiproxy/pkg/version"
+)
+
+// Role is one deployable part of the agent.
+type Role string
+
+// The roles `install --roles` accepts.
+const (
+	RoleProxy   Role = "proxy"
+	RoleNode    Role = "node"
+	RoleWebhook Role = "webhook"
+)
+
+// AllRoles in apply order.
+var AllRoles = []Role{RoleProxy, RoleNode, RoleWebhook}
+
+// Defaults of the install flags.
+const (
+	DefaultNamespace      = "apiproxy-system"
+	DefaultProxyPort      = 8118
+	DefaultNodeIP         = "10.96.0.2"
+	DefaultNodeInterface  = "apiproxy0"
+	DefaultLiqoNamespace  = "liqo"
+	DefaultImageRepo      = "ghcr.io/apiproxy/agent"
+	FieldManager          = "kubectl-apiproxy"
+	IPResourceName        = "api-server-proxy"
+	nodeForwardPort       = 443
+	metricsPort           = 9090
+	webhookPort           = 9443
+	nodeMetricsPort       = 9190
+	nodeProxyMetricsPort  = 9191
+	webhookCertDir        = "/etc/apiproxy/webhook-tls"
+	caSecretName          = "apiproxy-webhook-ca"
+	tlsSecretName         = "apiproxy-webhook-tls"
+	webhookServiceName    = "apiproxy-webhook"
+	proxyServiceName      = "apiproxy-proxy"
+	webhookConfigPrefix   = "apiproxy-webhook-"
+	maxInterfaceNameBytes = 15 // IFNAMSIZ - 1
+)
+
+// CreateIP says whether to create Liqo's IP resource for the proxy Service.
+type CreateIP string
+
+// The values of --create-ip-resource.
+const (
+	CreateIPAuto  CreateIP = "auto"
+	CreateIPTrue  CreateIP = "true"
+	CreateIPFalse CreateIP = "false"
+)
+
+// Options are the install flags, already defaulted.
+type Options struct {
+	Roles         []Role
+	Namespace     string
+	Image         string
+	ProxyPort     int
+	NodeIP        string
+	NodeInterface string
+	SetupIPTables bool
+	UpstreamProxy string
+	APIServerFQDN string
+	APIServerPort int
+	HostAliasIP   string
+	LiqoNamespace string
+	CreateIP      CreateIP
+}
+
+// DefaultOptions are the flag defaults.
+func DefaultOptions() Options {
+	return Options{
+		Roles:         []Role{RoleProxy},
+		Namespace:     DefaultNamespace,
+		Image:         DefaultImage(),
+		ProxyPort:     DefaultProxyPort,
+		NodeIP:        DefaultNodeIP,
+		NodeInterface: DefaultNodeInterface,
+		LiqoNamespace: DefaultLiqoNamespace,
+		CreateIP:      CreateIPAuto,
+	}
+}
+
+// DefaultImage is the agent image of the same release as this plugin, so plugin and agents match.
+func DefaultImage() string { return DefaultImageRepo + ":" + version.Get().Version }
+
+// ParseRoles reads "proxy,node,webhook".
+func ParseRoles(list []string) ([]Role, error) {
+	var roles []Role
+	for _, item := range list {
+		for _, name := range strings.Split(item, ",") {
+			name = strings.TrimSpace(name)
+			if name == "" {
+				continue
+			}
+			r := Role(name)
+			if !slices.Contains(AllRoles, r) {
+				return nil, fmt.Errorf("unknown role %q in --roles: use one or more of proxy, node, webhook (comma separated)", name)
+			}
+			if !slices.Contains(roles, r) {
+				roles = append(roles, r)
+			}
+		}
+	}
+	if len(roles) == 0 {
+		return nil, errors.New("--roles is empty: use one or more of proxy, node, webhook (comma separated)")
+	}
+	// Apply order is fixed whatever order the user typed.
+	slices.SortFunc(roles, func(a, b Role) int { return slices.Index(AllRoles, a) - slices.Index(AllRoles, b) })
+	return roles, nil
+}
+
+// Has reports whether the role is selected.
+func (o *Options) Has(r Role) bool { return slices.Contains(o.Roles, r) }
+
+var dnsLabelish = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._-]*[a-zA-Z0-9])?$`)
+
+// Validate checks every flag with a message that says what to change.
+func (o *Options) Validate() error {
+	var errs []error
+	if len(o.Roles) == 0 {
+		errs = append(errs, errors.New("--roles is empty: use one or more of proxy, node, webhook"))
+	}
+	if msgs := validation.IsDNS1123Label(o.Namespace); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("namespace %q is not a valid namespace name: %s", o.Namespace, strings.Join(msgs, "; ")))
+	}
+	if msgs := validation.IsDNS1123Label(o.LiqoNamespace); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--liqo-namespace %q is not a valid namespace name: %s", o.LiqoNamespace, strings.Join(msgs, "; ")))
+	}
+	if strings.TrimSpace(o.Image) == "" || strings.ContainsAny(o.Image, " \t\n") {
+		errs = append(errs, fmt.Errorf("--image %q is not an image reference: use e.g. %s", o.Image, DefaultImage()))
+	}
+	if o.ProxyPort < 1 || o.ProxyPort > 65535 {
+		errs = append(errs, fmt.Errorf("--proxy-port %d is out of range: use 1-65535 (default %d)", o.ProxyPort, DefaultProxyPort))
+	}
+	if slices.Contains([]int{metricsPort, webhookPort}, o.ProxyPort) && o.Has(RoleProxy) {
+		errs = append(errs, fmt.Errorf("--proxy-port %d collides with the agent's metrics (%d) or webhook (%d) port: pick another", o.ProxyPort, metricsPort, webhookPort))
+	}
+	switch o.CreateIP {
+	case CreateIPAuto, CreateIPTrue, CreateIPFalse:
+	default:
+		errs = append(errs, fmt.Errorf("--create-ip-resource %q: use auto, true or false", o.CreateIP))
+	}
+	if o.Has(RoleNode) {
+		if ip := net.ParseIP(o.NodeIP); ip == nil {
+			errs = append(errs, fmt.Errorf("--node-ip %q is not an IP address: use e.g. %s", o.NodeIP, DefaultNodeIP))
+		} else if ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast() {
+			errs = append(errs, fmt.Errorf("--node-ip %s cannot be a loopback, unspecified or multicast address: use a free address, e.g. %s", o.NodeIP, DefaultNodeIP))
+		}
+		if o.NodeInterface == "" || len(o.NodeInterface) > maxInterfaceNameBytes || strings.ContainsAny(o.NodeInterface, "/ \t:") {
+			errs = append(errs, fmt.Errorf("--node-interface %q is not a network interface name (1-15 characters, no '/', ':' or spaces): use e.g. %s", o.NodeInterface, DefaultNodeInterface))
+		}
+		if o.NodeIP != "" && slices.Contains([]int{nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort}, o.ProxyPort) {
+			errs = append(errs, fmt.Errorf("--proxy-port %d collides with a port the node role uses on %s (%d, %d, %d): pick another", o.ProxyPort, o.NodeIP, nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort))
+		}
+	}
+	if o.UpstreamProxy != "" {
+		if err := validateUpstreamProxy(o.UpstreamProxy); err != nil {
+			errs = append(errs, err)
+		}
+		if !o.Has(RoleNode) {
+			errs = append(errs, errors.New("--upstream-proxy only applies to the node role's forwarder: add node to --roles or drop the flag"))
+		}
+	}
+	if o.Has(RoleWebhook) {
+		if o.APIServerFQDN == "" {
+			errs = append(errs, fmt.Errorf("the webhook role needs --apiserver-fqdn, the API server name injected into pods as KUBERNETES_SERVICE_HOST; with the node role, e.g. --apiserver-fqdn kubernetes.default.svc --host-alias-ip %s --apiserver-port 443", o.NodeIP))
+		} else if !dnsLabelish.MatchString(strings.TrimSuffix(o.APIServerFQDN, ".")) || len(o.APIServerFQDN) > 253 {
+			errs = append(errs, fmt.Errorf("--apiserver-fqdn %q is not a DNS name: use e.g. kubernetes.default.svc or api.example.com.", o.APIServerFQDN))
+		}
+	}
+	if o.APIServerPort != 0 && (o.APIServerPort < 1 || o.APIServerPort > 65535) {
+		errs = append(errs, fmt.Errorf("--apiserver-port %d is out of range: use 1-65535, or 0 to leave KUBERNETES_SERVICE_PORT alone", o.APIServerPort))
+	}
+	if o.HostAliasIP != "" && net.ParseIP(o.HostAliasIP) == nil {
+		errs = append(errs, fmt.Errorf("--host-alias-ip %q is not an IP address: use e.g. %s", o.HostAliasIP, DefaultNodeIP))
+	}
+	if !o.Has(RoleWebhook) {
+		for name, set := range map[string]bool{"--apiserver-fqdn": o.APIServerFQDN != "", "--apiserver-port": o.APIServerPort != 0, "--host-alias-ip": o.HostAliasIP != ""} {
+			if set {
+				errs = append(errs, fmt.Errorf("%s only applies to the webhook role: add webhook to --roles or drop the flag", name))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validateUpstreamProxy(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "http" || u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("--upstream-proxy %q: use http://HOST:PORT (the peer's proxy, e.g. http://10.81.0.3:8118)", raw)
+	}
+	if p, err := strconv.Atoi(u.Port()); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("--upstream-proxy %q: port out of range", raw)
+	}
+	return nil
+}
+
+// WebhookConfigName is the MutatingWebhookConfiguration's name: cluster scoped, so it carries the
+// namespace, and two installs in different namespaces never fight over it.
+func WebhookConfigName(namespace string) string { return webhookConfigPrefix + namespace }

@@ -1,0 +1,292 @@
+package install
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/template"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/apiproxy/apiproxy/deploy"
+	"github.com/apiproxy/apiproxy/pkg/version"
+)
+
+// Labels every installed object carries; uninstall and status find objects by them.
+const (
+	LabelPartOf           = "app.kubernetes.io/part-of"
+	LabelName             = "app.kubernetes.io/name"
+	LabelComponent        = "app.kubernetes.io/component"
+	LabelVersion          = "app.kubernetes.io/version"
+	LabelManagedBy        = "app.kubernetes.io/managed-by"
+	LabelInstallNamespace = "apiproxy.io/install-namespace"
+	PartOf                = "apiproxy"
+	// ComponentBase marks objects every role shares (the namespace).
+	ComponentBase = "base"
+)
+
+// WebhookCerts is the webhook's PKI as written into its Secrets and caBundle (PEM).
+type WebhookCerts struct {
+	CACert, CAKey, ServingCert, ServingKey []byte
+}
+
+// RenderInput is what rendering needs beyond the flags: state read from (or made for) the cluster.
+type RenderInput struct {
+	// Certs must be set when the webhook role is selected.
+	Certs *WebhookCerts
+	// ProxyClusterIP, when set, renders Liqo's IP resource with it as spec.ip.
+	ProxyClusterIP string
+	// SkipNamespace leaves the Namespace out (it exists and belongs to someone else).
+	SkipNamespace bool
+	// NodeRoleInstalled keeps the namespace's Pod Security level at privileged when the node role
+	// is already installed, even if this run does not select it.
+	NodeRoleInstalled bool
+}
+
+// Selector returns the label selector of everything installed into a namespace.
+func Selector(namespace string) string {
+	return LabelPartOf + "=" + PartOf + "," + LabelInstallNamespace + "=" + namespace
+}
+
+// RoleSelector narrows Selector to one role.
+func RoleSelector(namespace string, role Role) string {
+	return Selector(namespace) + "," + LabelComponent + "=" + string(role)
+}
+
+type values struct {
+	Namespace, PodSecurity, Image, NodeIP            string
+	ProxyPort, MetricsPort, WebhookPort              int
+	NodeMetricsPort, NodeProxyMetricsPort            int
+	SetupIPTables                                    bool
+	ProxyArgs, NodeInitArgs, NodeArgs, NodeProxyArgs []string
+	WebhookArgs                                      []string
+	NodeSecurityContext                              map[string]any
+	WebhookCertDir, CASecretName, TLSSecretName      string
+	WebhookConfigName, LiqoNamespace, ProxyClusterIP string
+	Certs                                            WebhookCerts
+}
+
+// Render returns the objects to apply, in apply order, labelled.
+func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	v := values{
+		Namespace:            o.Namespace,
+		PodSecurity:          "restricted",
+		Image:                o.Image,
+		NodeIP:               o.NodeIP,
+		ProxyPort:            o.ProxyPort,
+		MetricsPort:          metricsPort,
+		WebhookPort:          webhookPort,
+		NodeMetricsPort:      nodeMetricsPort,
+		NodeProxyMetricsPort: nodeProxyMetricsPort,
+		SetupIPTables:        o.SetupIPTables,
+		ProxyArgs:            ProxyArgs(o),
+		NodeInitArgs:         NodeArgs(o, true),
+		NodeArgs:             NodeArgs(o, false),
+		NodeProxyArgs:        NodeProxyArgs(o),
+		WebhookArgs:          WebhookArgs(o),
+		NodeSecurityContext:  nodeSecurityContext(o.SetupIPTables),
+		WebhookCertDir:       webhookCertDir,
+		CASecretName:         caSecretName,
+		TLSSecretName:        tlsSecretName,
+		WebhookConfigName:    WebhookConfigName(o.Namespace),
+		LiqoNamespace:        o.LiqoNamespace,
+		ProxyClusterIP:       in.ProxyClusterIP,
+	}
+	if o.Has(RoleNode) || in.NodeRoleInstalled {
+		v.PodSecurity = "privileged"
+	}
+	if o.Has(RoleWebhook) {
+		if in.Certs == nil {
+			return nil, fmt.Errorf("internal error: the webhook role needs certificates")
+		}
+		v.Certs = *in.Certs
+	}
+
+	type part struct {
+		file      string
+		component string
+	}
+	var parts []part
+	if !in.SkipNamespace {
+		parts = append(parts, part{"namespace.yaml", ComponentBase})
+	}
+	for _, r := range o.Roles {
+		parts = append(parts, part{string(r) + ".yaml", string(r)})
+	}
+	if in.ProxyClusterIP != "" {
+		parts = append(parts, part{"liqo-ip.yaml", string(RoleProxy)})
+	}
+	var objs []*unstructured.Unstructured
+	for _, p := range parts {
+		got, err := renderFile(p.file, v)
+		if err != nil {
+			return nil, err
+		}
+		for _, obj := range got {
+			labelObject(obj, o.Namespace, p.component)
+			objs = append(objs, obj)
+		}
+	}
+	return objs, nil
+}
+
+var funcs = template.FuncMap{
+	"json": func(v any) (string, error) {
+		b, err := json.Marshal(v)
+		return string(b), err
+	},
+	"b64": func(b []byte) string { return base64.StdEncoding.EncodeToString(b) },
+}
+
+func renderFile(name string, v values) ([]*unstructured.Unstructured, error) {
+	src, err := deploy.Manifests.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("embedded manifest %s: %w", name, err)
+	}
+	tmpl, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(string(src))
+	if err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", name, err)
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, v); err != nil {
+		return nil, fmt.Errorf("rendering %s: %w", name, err)
+	}
+	return decodeDocuments(name, &buf)
+}
+
+// decodeDocuments splits multi-document YAML into objects, skipping empty documents.
+func decodeDocuments(source string, r io.Reader) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			if err == io.EOF {
+				return objs, nil
+			}
+			return nil, fmt.Errorf("decoding %s: %w", source, err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		obj := &unstructured.Unstructured{Object: m}
+		if obj.GetKind() == "" || obj.GetAPIVersion() == "" || obj.GetName() == "" {
+			return nil, fmt.Errorf("%s: a document lacks apiVersion, kind or metadata.name", source)
+		}
+		objs = append(objs, obj)
+	}
+}
+
+func labelObject(obj *unstructured.Unstructured, installNamespace, component string) {
+	common := map[string]string{
+		LabelPartOf:           PartOf,
+		LabelManagedBy:        FieldManager,
+		LabelVersion:          VersionLabel(version.Get().Version),
+		LabelInstallNamespace: installNamespace,
+		LabelComponent:        component,
+		LabelName:             PartOf + "-" + component,
+	}
+	labels := obj.GetLabels()
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	for k, val := range common {
+		if _, set := labels[k]; !set {
+			labels[k] = val
+		}
+	}
+	obj.SetLabels(labels)
+	// Pods carry the same labels, so `kubectl get pods -l app.kubernetes.io/part-of=apiproxy` finds them.
+	if tmplLabels, found, _ := unstructured.NestedStringMap(obj.Object, "spec", "template", "metadata", "labels"); found {
+		for k, val := range common {
+			if _, set := tmplLabels[k]; !set {
+				tmplLabels[k] = val
+			}
+		}
+		_ = unstructured.SetNestedStringMap(obj.Object, tmplLabels, "spec", "template", "metadata", "labels")
+	}
+}
+
+var notLabelChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+// VersionLabel turns a version (which may hold '+' or be long) into a valid label value.
+func VersionLabel(v string) string {
+	v = notLabelChars.ReplaceAllString(v, "-")
+	if len(v) > 63 {
+		v = v[:63]
+	}
+	return strings.Trim(v, "-_.")
+}
+
+// ProxyArgs are the proxy Deployment's agent arguments.
+func ProxyArgs(o Options) []string {
+	return []string{"proxy", "--listen", ":" + strconv.Itoa(o.ProxyPort), "--metrics-addr", ":" + strconv.Itoa(metricsPort)}
+}
+
+// NodeArgs are the node role's `agent node` arguments: the one-shot init container's or the sidecar's.
+func NodeArgs(o Options, initContainer bool) []string {
+	args := []string{"node", "--ip-address", o.NodeIP, "--interface", o.NodeInterface, "--port", strconv.Itoa(nodeForwardPort)}
+	if o.SetupIPTables {
+		args = append(args, "--setup-iptables")
+	}
+	if initContainer {
+		return append(args, "--daemon=false")
+	}
+	return append(args, "--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeMetricsPort)))
+}
+
+// NodeProxyArgs are the node role's forwarder arguments: everything binds the node IP only, so
+// nothing listens on the host's real interfaces.
+func NodeProxyArgs(o Options) []string {
+	args := []string{"proxy",
+		"--listen", net.JoinHostPort(o.NodeIP, strconv.Itoa(o.ProxyPort)),
+		"--listen-tcp", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeForwardPort)),
+		"--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeProxyMetricsPort)),
+	}
+	if o.UpstreamProxy != "" {
+		args = append(args, "--upstream-proxy", o.UpstreamProxy)
+	}
+	return args
+}
+
+// WebhookArgs are the webhook Deployment's agent arguments.
+func WebhookArgs(o Options) []string {
+	args := []string{"webhook",
+		"--apiserver-fqdn", o.APIServerFQDN,
+		"--cert-dir", webhookCertDir,
+		"--port", strconv.Itoa(webhookPort),
+		"--metrics-addr", ":" + strconv.Itoa(metricsPort),
+	}
+	if o.APIServerPort != 0 {
+		args = append(args, "--apiserver-port", strconv.Itoa(o.APIServerPort))
+	}
+	if o.HostAliasIP != "" {
+		args = append(args, "--host-alias-ip", o.HostAliasIP)
+	}
+	return args
+}
+
+// nodeSecurityContext: root with NET_ADMIN only (NET_RAW too when iptables runs), read-only root.
+func nodeSecurityContext(iptables bool) map[string]any {
+	add := []string{"NET_ADMIN"}
+	if iptables {
+		add = append(add, "NET_RAW")
+	}
+	return map[string]any{
+		"runAsUser":                0,
+		"runAsNonRoot":             false,
+		"allowPrivilegeEscalation": false,
+		"readOnlyRootFilesystem":   true,
+		"capabilities":             map[string]any{"drop": []string{"ALL"}, "add": add},
+	}
+}
