@@ -1,0 +1,360 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/yaml"
+
+	"github.com/apiproxy/apiproxy/pkg/liqo"
+	fixtures "github.com/apiproxy/apiproxy/test/fixtures/liqo"
+	"github.com/apiproxy/apiproxy/test/harness"
+)
+
+// getIPWorld is the state shared by the get-ip integration tests: the seed's provider cl02 and
+// consumer cl01, plus "bare", a cluster without Liqo's CRDs, in one merged kubeconfig.
+//
+// cl02 holds several IP objects (one per --name) and cl01 several Configurations, each labelled with
+// its own provider cluster ID (picked with --local-cluster-id), so one start of the API servers
+// serves every case.
+type getIPWorld struct {
+	kubeconfig       string
+	cl01Kubeconfig   string
+	cl01, cl02, bare *harness.Cluster
+}
+
+const (
+	getIPProviderID = "cl02-cluster-id"
+	getIPConsumerID = "cl01-cluster-id"
+)
+
+func startGetIPWorld(t *testing.T) *getIPWorld {
+	t.Helper()
+	crds := func() []*apiextensionsv1.CustomResourceDefinition {
+		return []*apiextensionsv1.CustomResourceDefinition{fixtures.IPCRD(), fixtures.ConfigurationCRD()}
+	}
+	cs := harness.StartClusters(t,
+		harness.Options{Name: "cl01", CRDs: crds()},
+		harness.Options{Name: "cl02", CRDs: crds()},
+		harness.Options{Name: "bare"},
+	)
+	w := &getIPWorld{cl01: cs[0], cl02: cs[1], bare: cs[2], cl01Kubeconfig: cs[0].Kubeconfig}
+	w.kubeconfig = harness.WriteMergedKubeconfig(t, w.cl01, w.cl02, w.bare)
+
+	ctx := context.Background()
+	provider, consumer := w.cl02.Dynamic(t), w.cl01.Dynamic(t)
+	// Provider cl02: its cluster ID, and the IP objects.
+	fixtures.Create(ctx, t, provider, fixtures.ClusterIDConfigMap("liqo", getIPProviderID))
+	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "api-server-proxy", "10.95.245.141", fixtures.IPStatus("10.70.0.3", "10.70.0.0/16")))
+	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "mappings", "10.95.245.142",
+		fixtures.IPMappingsStatus(map[string]string{getIPConsumerID: "10.70.0.2", "other-cluster": "10.70.9.9"})))
+	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "pending", "10.95.245.143", nil))
+	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "outside", "10.95.245.144", fixtures.IPStatus("192.168.7.3", "192.168.7.0/24")))
+	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "v6", "fd00:96::1", fixtures.IPStatus("fd00:70::3", "fd00:70::/64")))
+
+	// Consumer cl01: its cluster ID, and the Configurations.
+	fixtures.Create(ctx, t, consumer, fixtures.ClusterIDConfigMap("liqo", getIPConsumerID))
+	list := func(s ...string) []string { return s }
+	for _, c := range []struct {
+		ns, name, id string
+		spec         fixtures.CIDRs
+		status       *fixtures.CIDRs
+	}{
+		// The seed's peering, v1.0 shape (lists), dual stack.
+		{"liqo-tenant-cl02", "cl02", getIPProviderID,
+			fixtures.CIDRs{Pod: list("10.60.0.0/16"), External: list("10.70.0.0/16", "fd00:70::/64")},
+			&fixtures.CIDRs{Pod: list("10.61.0.0/16"), External: list("10.81.0.0/16", "fd00:81::/64")}},
+		// rc shape (strings).
+		{"liqo-tenant-str", "str", "id-string", fixtures.CIDRs{Pod: "10.60.0.0/16", External: "10.70.0.0/16"},
+			&fixtures.CIDRs{Pod: "10.61.0.0/16", External: "10.82.0.0/16"}},
+		{"liqo-tenant-mismatch", "mismatch", "id-mismatch", fixtures.CIDRs{External: "10.70.0.0/16"}, &fixtures.CIDRs{External: "10.81.0.0/24"}},
+		{"liqo-tenant-bad", "bad", "id-badcidr", fixtures.CIDRs{External: "10.70.0.0/16"}, &fixtures.CIDRs{External: list("10.81.0.0/16x")}},
+		{"liqo-tenant-pending", "pending", "id-pending", fixtures.CIDRs{External: "10.70.0.0/16"}, nil},
+		{"liqo-tenant-a", "twin-a", "id-several", fixtures.CIDRs{External: "10.70.0.0/16"}, &fixtures.CIDRs{External: "10.81.0.0/16"}},
+		{"liqo-tenant-b", "twin-b", "id-several", fixtures.CIDRs{External: "10.70.0.0/16"}, &fixtures.CIDRs{External: "10.82.0.0/16"}},
+	} {
+		fixtures.Create(ctx, t, consumer, fixtures.Configuration(c.ns, c.name, c.id, c.spec, c.status))
+	}
+	return w
+}
+
+// run executes the real command tree in-process, as `kubectl apiproxy --kubeconfig K ARGS...`.
+func (w *getIPWorld) run(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	streams, _, out, errOut := genericiooptions.NewTestIOStreams()
+	root := NewRootCommand(streams)
+	root.SetArgs(append([]string{"--kubeconfig", w.kubeconfig}, args...))
+	err = root.ExecuteContext(t.Context())
+	return out.String(), errOut.String(), err
+}
+
+func TestGetIPOnRealClusters(t *testing.T) {
+	// Build the binary while the API servers start.
+	bin := filepath.Join(t.TempDir(), "kubectl-apiproxy")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/kubectl-apiproxy")
+	build.Dir = harness.RepoRoot(t)
+	var buildOut bytes.Buffer
+	build.Stdout, build.Stderr = &buildOut, &buildOut
+	if err := build.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buildDone := make(chan error, 1)
+	go func() { buildDone <- build.Wait() }()
+	t.Cleanup(func() {
+		if build.ProcessState == nil {
+			_ = build.Process.Kill()
+			<-buildDone
+		}
+	})
+
+	w := startGetIPWorld(t)
+	seed := []string{"--context", "cl02", "get-ip", "--remote", "cl01"}
+
+	t.Run("default output is the final IP alone", func(t *testing.T) {
+		out, errOut, err := w.run(t, seed...)
+		if err != nil || out != "10.81.0.3\n" || errOut != "" {
+			t.Fatalf("stdout %q, stderr %q, err %v; want 10.81.0.3 alone", out, errOut, err)
+		}
+	})
+
+	t.Run("json shows every step", func(t *testing.T) {
+		out, _, err := w.run(t, append(seed, "-o", "json")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res liqo.Result
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, out)
+		}
+		checkSeedResult(t, &res)
+		// The raw document uses the documented field names.
+		for _, key := range []string{`"finalIP": "10.81.0.3"`, `"proxyURL": "http://10.81.0.3:8118"`, `"statusShape": "status.ip"`, `"localIP": "10.95.245.141"`} {
+			if !strings.Contains(out, key) {
+				t.Errorf("JSON lacks %s:\n%s", key, out)
+			}
+		}
+	})
+
+	t.Run("yaml shows every step", func(t *testing.T) {
+		out, _, err := w.run(t, append(seed, "-o", "yaml")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("-o yaml:\n%s", out)
+		var res liqo.Result
+		if err := yaml.UnmarshalStrict([]byte(out), &res); err != nil {
+			t.Fatalf("not YAML of a Result: %v\n%s", err, out)
+		}
+		checkSeedResult(t, &res)
+		if !strings.Contains(out, "finalIP: 10.81.0.3\n") {
+			t.Errorf("YAML lacks finalIP:\n%s", out)
+		}
+	})
+
+	t.Run("wide is a table", func(t *testing.T) {
+		out, _, err := w.run(t, append(seed, "-o", "wide")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("want a header and one row:\n%s", out)
+		}
+		header, row := strings.Fields(lines[0]), strings.Fields(lines[1])
+		wantHeader := "NAME LOCAL IP REMAPPED IP CONSUMER REMAPPED EXT CIDR FINAL IP PROXY URL"
+		wantRow := "api-server-proxy 10.95.245.141 10.70.0.3 cl01 10.81.0.0/16 10.81.0.3 http://10.81.0.3:8118"
+		if strings.Join(header, " ") != wantHeader || strings.Join(row, " ") != wantRow {
+			t.Errorf("table:\n%s\nwant columns %q and values %q", out, wantHeader, wantRow)
+		}
+	})
+
+	t.Run("ipMappings shape picks the consumer's entry", func(t *testing.T) {
+		out, _, err := w.run(t, append(seed, "--name", "mappings", "-o", "json")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res liqo.Result
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatal(err)
+		}
+		if res.StatusShape != "status.ipMappings" || res.ConsumerClusterID != getIPConsumerID || res.RemappedIP.String() != "10.70.0.2" || res.FinalIP.String() != "10.81.0.2" {
+			t.Errorf("got shape %s, consumer ID %s, remapped %s, final %s; want the cl01 entry 10.70.0.2 -> 10.81.0.2",
+				res.StatusShape, res.ConsumerClusterID, res.RemappedIP, res.FinalIP)
+		}
+		if !strings.Contains(res.ConsumerClusterIDSource, "liqo-clusterid-configmap in cl01") {
+			t.Errorf("consumer ID source %q, want cl01's ConfigMap", res.ConsumerClusterIDSource)
+		}
+		out, _, err = w.run(t, append(seed, "--name", "mappings", "--remote-cluster-id", "other-cluster")...)
+		if err != nil || out != "10.81.9.9\n" {
+			t.Errorf("--remote-cluster-id other-cluster: %q, %v; want 10.81.9.9", out, err)
+		}
+	})
+
+	t.Run("string CIDRs of the rc versions", func(t *testing.T) {
+		out, _, err := w.run(t, append(seed, "--local-cluster-id", "id-string")...)
+		if err != nil || out != "10.82.0.3\n" {
+			t.Errorf("stdout %q, err %v; want 10.82.0.3", out, err)
+		}
+	})
+
+	t.Run("IPv6 through the second (dual-stack) CIDR", func(t *testing.T) {
+		out, _, err := w.run(t, append(seed, "--name", "v6", "-o", "wide")...)
+		if err != nil || !strings.Contains(out, "fd00:81::3") || !strings.Contains(out, "http://[fd00:81::3]:8118") {
+			t.Errorf("stdout %q, err %v; want fd00:81::3 and its bracketed URL", out, err)
+		}
+	})
+
+	t.Run("--remote-cidr skips the consumer", func(t *testing.T) {
+		out, _, err := w.run(t, "--context", "cl02", "get-ip", "--remote-cidr", "10.83.0.0/16", "--proxy-port", "9443", "-o", "wide")
+		if err != nil || !strings.Contains(out, "10.83.0.3") || !strings.Contains(out, "http://10.83.0.3:9443") {
+			t.Errorf("stdout %q, err %v; want 10.83.0.3 on port 9443", out, err)
+		}
+	})
+
+	t.Run("--remote-kubeconfig reads the consumer from another file", func(t *testing.T) {
+		out, _, err := w.run(t, "--context", "cl02", "get-ip", "--remote-kubeconfig", w.cl01Kubeconfig, "--remote", "cl01")
+		if err != nil || out != "10.81.0.3\n" {
+			t.Errorf("stdout %q, err %v; want 10.81.0.3", out, err)
+		}
+	})
+
+	t.Run("outside every CIDR: unchanged, with a warning on stderr", func(t *testing.T) {
+		out, errOut, err := w.run(t, append(seed, "--name", "outside")...)
+		if err != nil || out != "192.168.7.3\n" {
+			t.Errorf("stdout %q, err %v; want the address unchanged", out, err)
+		}
+		if !strings.Contains(errOut, "Warning:") || !strings.Contains(errOut, "UNCHANGED") || !strings.Contains(errOut, "liqo-tenant-cl02/cl02") {
+			t.Errorf("stderr %q, want a loud warning naming the Configuration", errOut)
+		}
+	})
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		says []string
+	}{
+		{"unknown --remote context", []string{"--context", "cl02", "get-ip", "--remote", "cl99"},
+			[]string{`context "cl99"`, "available contexts: bare, cl01, cl02"}},
+		{"unknown current context", []string{"--context", "nope", "get-ip", "--remote", "cl01"},
+			[]string{`context "nope"`, "available contexts: bare, cl01, cl02"}},
+		{"IP CRD not served", []string{"--context", "bare", "get-ip", "--remote", "cl01"},
+			[]string{"ips.ipam.liqo.io/v1alpha1", "not served by bare", "is Liqo networking installed?"}},
+		{"Configuration CRD not served", []string{"--context", "cl02", "get-ip", "--remote", "bare"},
+			[]string{"configurations.networking.liqo.io/v1beta1", "not served by bare", "is Liqo networking installed?"}},
+		{"IP object missing", append(seed, "--name", "nope"),
+			[]string{"IP liqo/nope not found in the provider cl02", "--name"}},
+		{"IP status not set", append(seed, "--name", "pending"),
+			[]string{"IP liqo/pending in cl02 has no remapped address yet"}},
+		{"IP object missing in another --liqo-namespace", append(seed, "--liqo-namespace", "elsewhere", "--name", "x"),
+			[]string{"IP elsewhere/x not found"}},
+		{"no Configuration", append(seed, "--local-cluster-id", "id-none"),
+			[]string{"no Configuration labelled liqo.io/remote-cluster-id=id-none in the consumer cl01", "--local-cluster-id"}},
+		{"several Configurations", append(seed, "--local-cluster-id", "id-several"),
+			[]string{"2 Configurations labelled liqo.io/remote-cluster-id=id-several", "liqo-tenant-a/twin-a", "liqo-tenant-b/twin-b"}},
+		{"Configuration status not set", append(seed, "--local-cluster-id", "id-pending"),
+			[]string{"Configuration liqo-tenant-pending/pending in cl01 has no status.remote.cidr yet"}},
+		{"CIDR does not parse", append(seed, "--local-cluster-id", "id-badcidr"),
+			[]string{"Configuration liqo-tenant-bad/bad", `"10.81.0.0/16x" is not a CIDR`}},
+		{"prefix lengths differ", append(seed, "--local-cluster-id", "id-mismatch"),
+			[]string{"Configuration liqo-tenant-mismatch/mismatch", "10.70.0.0/16", "10.81.0.0/24", "prefix lengths differ"}},
+		{"consumer cluster ID not in ipMappings", append(seed, "--name", "mappings", "--remote-cluster-id", "nobody"),
+			[]string{`"nobody"`, "other-cluster", "--remote-cluster-id"}},
+		{"bad --remote-cidr", []string{"--context", "cl02", "get-ip", "--remote-cidr", "10.83.0.0"},
+			[]string{`--remote-cidr "10.83.0.0" is not a CIDR`}},
+		{"no consumer named", []string{"--context", "cl02", "get-ip"}, []string{"--remote CONTEXT", "--remote-cidr"}},
+		{"bad output format", append(seed, "-o", "xml"), []string{`"xml"`}},
+	} {
+		t.Run("error/"+tc.name, func(t *testing.T) {
+			out, _, err := w.run(t, tc.args...)
+			if err == nil {
+				t.Fatalf("no error; stdout %q", out)
+			}
+			t.Logf("error: %v", err) // shown with -v: what users read
+			if out != "" {
+				t.Errorf("stdout %q, want nothing on error", out)
+			}
+			for _, s := range tc.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q, want it to say %q", err, s)
+				}
+			}
+		})
+	}
+
+	t.Run("cluster ID ConfigMap missing", func(t *testing.T) {
+		// The provider's ConfigMap is the one read when no --local-cluster-id is given.
+		fixtures.Delete(t.Context(), t, w.cl02.Dynamic(t), fixtures.ClusterIDConfigMap("liqo", getIPProviderID))
+		defer fixtures.Create(context.Background(), t, w.cl02.Dynamic(t), fixtures.ClusterIDConfigMap("liqo", getIPProviderID))
+		_, _, err := w.run(t, seed...)
+		if err == nil || !strings.Contains(err.Error(), "app.kubernetes.io/name=clusterid-configmap") || !strings.Contains(err.Error(), "--local-cluster-id") {
+			t.Errorf("err = %v, want it to name the ConfigMap label and --local-cluster-id", err)
+		}
+		out, _, err := w.run(t, append(seed, "--local-cluster-id", getIPProviderID)...)
+		if err != nil || out != "10.81.0.3\n" {
+			t.Errorf("with --local-cluster-id: %q, %v", out, err)
+		}
+	})
+
+	t.Run("binary", func(t *testing.T) {
+		if err := <-buildDone; err != nil {
+			t.Fatalf("go build: %v\n%s", err, buildOut.String())
+		}
+		runBin := func(args ...string) (string, string, int) {
+			cmd := exec.CommandContext(t.Context(), bin, append([]string{"--kubeconfig", w.kubeconfig}, args...)...)
+			cmd.Env = append(os.Environ(), "KUBECONFIG=")
+			var o, e bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &o, &e
+			err := cmd.Run()
+			code := 0
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				code = exit.ExitCode()
+			} else if err != nil {
+				t.Fatalf("running %s: %v", bin, err)
+			}
+			return o.String(), e.String(), code
+		}
+		if out, errOut, code := runBin(seed...); code != 0 || out != "10.81.0.3\n" || errOut != "" {
+			t.Errorf("success: exit %d, stdout %q, stderr %q; want 0, the IP alone, nothing", code, out, errOut)
+		}
+		if out, errOut, code := runBin(append(seed, "--name", "nope")...); code == 0 || out != "" || !strings.Contains(errOut, "error: IP liqo/nope not found") {
+			t.Errorf("error: exit %d, stdout %q, stderr %q; want non-zero, nothing, the error", code, out, errOut)
+		}
+		if out, errOut, code := runBin(append(seed, "--name", "outside")...); code != 0 || out != "192.168.7.3\n" || !strings.Contains(errOut, "Warning:") {
+			t.Errorf("warning: exit %d, stdout %q, stderr %q; want 0, the IP alone, a warning", code, out, errOut)
+		}
+	})
+}
+
+// checkSeedResult checks the steps of the seed's walk-through as -o json and -o yaml report them.
+func checkSeedResult(t *testing.T, res *liqo.Result) {
+	t.Helper()
+	if res.Provider != "cl02" || res.Consumer != "cl01" || res.IP.Namespace != "liqo" || res.IP.Name != "api-server-proxy" {
+		t.Errorf("clusters/object: %+v", res)
+	}
+	if res.LocalIP != "10.95.245.141" || res.RemappedIP.String() != "10.70.0.3" || res.RemappedCIDR != "10.70.0.0/16" || res.StatusShape != "status.ip" {
+		t.Errorf("IP steps: local %s remapped %s cidr %s shape %s", res.LocalIP, res.RemappedIP, res.RemappedCIDR, res.StatusShape)
+	}
+	if res.ProviderClusterID != getIPProviderID || res.Configuration == nil || res.Configuration.String() != "liqo-tenant-cl02/cl02" {
+		t.Errorf("configuration steps: provider ID %s, configuration %v", res.ProviderClusterID, res.Configuration)
+	}
+	if res.StatusCIDRs == nil || len(res.StatusCIDRs.External) != 2 || res.StatusCIDRs.External[0] != "10.81.0.0/16" ||
+		res.SpecCIDRs == nil || res.SpecCIDRs.External[0] != "10.70.0.0/16" {
+		t.Errorf("CIDRs: spec %+v status %+v", res.SpecCIDRs, res.StatusCIDRs)
+	}
+	if res.Matched != "external" || res.From.String() != "10.70.0.0/16" || res.To.String() != "10.81.0.0/16" {
+		t.Errorf("remap: %s %s -> %s", res.Matched, res.From, res.To)
+	}
+	if res.FinalIP.String() != "10.81.0.3" || res.ProxyURL != "http://10.81.0.3:8118" || len(res.Warnings) != 0 {
+		t.Errorf("final %s url %s warnings %v", res.FinalIP, res.ProxyURL, res.Warnings)
+	}
+}
