@@ -2,6 +2,7 @@ package liqo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -31,7 +32,8 @@ func remapIntoRemoteCIDR(req Request, res *Result) error {
 	}
 	final, err := remap.Addr(res.RemappedIP, from, to)
 	if err != nil {
-		return &Error{Kind: ErrInvalidValue, Msg: fmt.Sprintf("cannot remap the address %s of IP %s (CIDR %s) into --remote-cidr %s", res.RemappedIP, res.IP, from, to), Err: err}
+		return remapError(err, fmt.Sprintf("cannot remap the address %s of IP %s (CIDR %s) into --remote-cidr %s", res.RemappedIP, res.IP, from, to),
+			fmt.Sprintf("give a /%d CIDR of the same family", from.Bits()))
 	}
 	res.From, res.To, res.Matched, res.FinalIP = from, to, "--remote-cidr", final
 	return nil
@@ -87,8 +89,8 @@ func remapThroughConfiguration(ctx context.Context, req Request, res *Result) er
 			to := kind.status[i]
 			final, err := remap.Addr(ip, from, to)
 			if err != nil {
-				return &Error{Kind: ErrInvalidValue, Msg: fmt.Sprintf("%s: cannot remap %s from spec.remote.cidr.%s %s to status.remote.cidr.%s %s",
-					what, ip, kind.name, from, kind.name, to), Err: err}
+				return remapError(err, fmt.Sprintf("%s: cannot remap %s from spec.remote.cidr.%s %s to status.remote.cidr.%s %s",
+					what, ip, kind.name, from, kind.name, to), "check the CIDRs Liqo assigned to this peering")
 			}
 			res.From, res.To, res.Matched, res.FinalIP = from, to, kind.name, final
 			return nil
@@ -194,4 +196,14 @@ func notReady(obj *unstructured.Unstructured) string {
 		}
 	}
 	return ""
+}
+
+// remapError explains a failed remap; the kind stays the remap package's sentinel for errors.Is.
+func remapError(err error, msg, advice string) error {
+	for _, kind := range []error{remap.ErrPrefixLengthMismatch, remap.ErrFamilyMismatch, remap.ErrOutside} {
+		if errors.Is(err, kind) {
+			return fail(kind, "%s: %s, so no one-to-one remap exists: %s", msg, kind, advice)
+		}
+	}
+	return &Error{Kind: ErrInvalidValue, Msg: msg, Err: err}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,6 +58,8 @@ func startGetIPWorld(t *testing.T) *getIPWorld {
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "api-server-proxy", "10.95.245.141", fixtures.IPStatus("10.70.0.3", "10.70.0.0/16")))
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "mappings", "10.95.245.142",
 		fixtures.IPMappingsStatus(map[string]string{getIPConsumerID: "10.70.0.2", "other-cluster": "10.70.9.9"})))
+	// The seed's `kubectl get ip` line: one entry, for a cluster ID nobody passes.
+	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "single", "10.95.245.141", fixtures.IPMappingsStatus(map[string]string{"wild-frog": "10.70.0.2"})))
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "pending", "10.95.245.143", nil))
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "outside", "10.95.245.144", fixtures.IPStatus("192.168.7.3", "192.168.7.0/24")))
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "v6", "fd00:96::1", fixtures.IPStatus("fd00:70::3", "fd00:70::/64")))
@@ -227,6 +230,23 @@ func TestGetIPOnRealClusters(t *testing.T) {
 		}
 	})
 
+	t.Run("--remote-kubeconfig alone uses that file's current context", func(t *testing.T) {
+		out, _, err := w.run(t, "--context", "cl02", "get-ip", "--remote-kubeconfig", w.cl01Kubeconfig, "-o", "wide")
+		if err != nil || !strings.Contains(out, " cl01 ") || !strings.Contains(out, "10.81.0.3") {
+			t.Errorf("stdout %q, err %v; want consumer cl01 and 10.81.0.3", out, err)
+		}
+	})
+
+	t.Run("single ipMappings entry and no cluster ID: used, and said so", func(t *testing.T) {
+		out, errOut, err := w.run(t, "--context", "cl02", "get-ip", "--name", "single", "--remote-cidr", "10.81.0.0/16")
+		if err != nil || out != "10.81.0.2\n" {
+			t.Errorf("stdout %q, err %v; want 10.81.0.2", out, err)
+		}
+		if !strings.Contains(errOut, "Warning:") || !strings.Contains(errOut, `only status.ipMappings entry of IP liqo/single in cl02, "wild-frog"`) {
+			t.Errorf("stderr %q, want a warning naming the entry used", errOut)
+		}
+	})
+
 	t.Run("outside every CIDR: unchanged, with a warning on stderr", func(t *testing.T) {
 		out, errOut, err := w.run(t, append(seed, "--name", "outside")...)
 		if err != nil || out != "192.168.7.3\n" {
@@ -272,9 +292,20 @@ func TestGetIPOnRealClusters(t *testing.T) {
 			[]string{`--remote-cidr "10.83.0.0" is not a CIDR`}},
 		{"no consumer named", []string{"--context", "cl02", "get-ip"}, []string{"--remote CONTEXT", "--remote-cidr"}},
 		{"bad output format", append(seed, "-o", "xml"), []string{`"xml"`}},
+		{"bad --proxy-port", append(seed, "--proxy-port", "0"), []string{"--proxy-port 0 is out of range"}},
+		{"--remote-cidr of another size", []string{"--context", "cl02", "get-ip", "--remote-cidr", "10.83.0.0/24"},
+			[]string{"into --remote-cidr 10.83.0.0/24", "prefix lengths differ", "give a /16 CIDR"}},
+		{"--remote-kubeconfig lacks the --remote context", []string{"--context", "cl02", "get-ip", "--remote-kubeconfig", "REMOTE", "--remote", "cl02"},
+			[]string{`context "cl02" (--remote) not found in`, "available contexts: cl01)"}},
 	} {
 		t.Run("error/"+tc.name, func(t *testing.T) {
-			out, _, err := w.run(t, tc.args...)
+			args := slices.Clone(tc.args)
+			for i := range args {
+				if args[i] == "REMOTE" {
+					args[i] = w.cl01Kubeconfig
+				}
+			}
+			out, _, err := w.run(t, args...)
 			if err == nil {
 				t.Fatalf("no error; stdout %q", out)
 			}
