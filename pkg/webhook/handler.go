@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
+	sigsjson "sigs.k8s.io/json"
 )
 
 // Path is where the API server sends the reviews.
@@ -158,7 +159,9 @@ func tooLarge() error {
 // *httpError (400) when body is not a review this webhook can answer.
 func (h *Handler) Review(body []byte) ([]byte, string, error) {
 	var rv review
-	if err := json.Unmarshal(body, &rv); err != nil {
+	// Case-sensitive like the API server: "Env" is not "env", and the patch paths must name the
+	// fields that really exist.
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(body, &rv); err != nil {
 		return nil, "", &httpError{http.StatusBadRequest, "body is not a JSON AdmissionReview: " + err.Error()}
 	}
 	if rv.APIVersion != admissionV1 && rv.APIVersion != admissionV1beta1 {
@@ -189,7 +192,7 @@ func (h *Handler) decide(req *reviewRequest, resp *response) string {
 		return "skipped"
 	}
 	var pod slimPod
-	if err := json.Unmarshal(req.Object, &pod); err != nil {
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(req.Object, &pod); err != nil {
 		resp.Allowed = false
 		resp.Result = &status{Code: http.StatusBadRequest, Message: "the request's object is not a Pod: " + err.Error()}
 		return "denied"
@@ -205,4 +208,3 @@ func (h *Handler) decide(req *reviewRequest, resp *response) string {
 	resp.Patch = p
 	return "patched"
 }
-

@@ -112,7 +112,8 @@ type slimPod struct {
 		Labels      map[string]string `json:"labels"`
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
-	Spec struct {
+	// Spec is nil when the object has none (not a real pod): there is then nothing to patch into.
+	Spec *struct {
 		InitContainers []slimContainer `json:"initContainers"`
 		Containers     []slimContainer `json:"containers"`
 		HostAliases    []slimHostAlias `json:"hostAliases"`
@@ -147,6 +148,9 @@ func (p *slimPod) optedOut() (bool, string) {
 
 // patch returns the JSON patch for pod, or nil when nothing is missing.
 func (m *mutator) patch(p *slimPod) []byte {
+	if p.Spec == nil {
+		return nil
+	}
 	var b []byte
 	b = m.containers(b, "initContainers", p.Spec.InitContainers)
 	b = m.containers(b, "containers", p.Spec.Containers)
