@@ -104,7 +104,11 @@ type logLines struct {
 	lines []string
 }
 
-func (l *logLines) all() []string { l.mu.Lock(); defer l.mu.Unlock(); return append([]string(nil), l.lines...) }
+func (l *logLines) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
 
 func startProxy(t *testing.T, cfg Config) *testProxy {
 	t.Helper()
@@ -433,7 +437,9 @@ func TestPropertyNothingOutsideTheAllowListIsDialed(t *testing.T) {
 			return []string{"kubernetes.default.svc", "KUBERNETES.default.svc.", "kubernetes.default", "evil.com", "localhost", "metadata.google.internal"}[rng.Intn(6)]
 		},
 		func() string { return fmt.Sprintf("127.0.0.%d", rng.Intn(12)) },
-		func() string { return fmt.Sprintf("%d.%d.%d.%d", rng.Intn(256), rng.Intn(256), rng.Intn(256), rng.Intn(256)) },
+		func() string {
+			return fmt.Sprintf("%d.%d.%d.%d", rng.Intn(256), rng.Intn(256), rng.Intn(256), rng.Intn(256))
+		},
 	}
 	ports := []int{443, 6443, 8443, 80, 22, 1 + rng.Intn(65535)}
 	seen := map[string]bool{}
@@ -500,7 +506,9 @@ func TestUpstreamProxyChainAndTransparentListener(t *testing.T) {
 	if string(got) != "raw-bytes|bye" {
 		t.Fatalf("got %q", got)
 	}
-	waitFor(t, func() bool { return total(consumer, KindTCP, ResultOK) == 1 && total(provider, KindConnect, ResultOK) == 1 })
+	waitFor(t, func() bool {
+		return total(consumer, KindTCP, ResultOK) == 1 && total(provider, KindConnect, ResultOK) == 1
+	})
 
 	// A refusal at the provider comes back as 502 through the consumer's CONNECT listener.
 	refusing := startProxy(t, Config{Upstream: closedPort(t)})

@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/apiproxy/apiproxy/test/harness"
+)
+
+func TestProxyFlagErrors(t *testing.T) {
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "")
+	cases := map[string][]string{
+		"no upstream: pass --upstream HOST:PORT": {},
+		`invalid --upstream "api"`:               {"--upstream", "api"},
+		`invalid --allow-target "10.0.0.0/8"`:    {"--upstream", "127.0.0.1:1", "--allow-target", "10.0.0.0/8"},
+		`scheme "https" is not supported`:        {"--upstream", "127.0.0.1:1", "--upstream-proxy", "https://127.0.0.1:8118"},
+		"nothing to listen on":                   {"--upstream", "127.0.0.1:1", "--listen", ""},
+		`invalid listen address "127.0.0.1"`:     {"--upstream", "127.0.0.1:1", "--listen-tcp", "127.0.0.1"},
+		"invalid --max-tunnels -1":               {"--upstream", "127.0.0.1:1", "--max-tunnels", "-1"},
+		"invalid --header-timeout 0s":            {"--upstream", "127.0.0.1:1", "--header-timeout", "0"},
+		"invalid --dial-timeout -1s":             {"--upstream", "127.0.0.1:1", "--dial-timeout", "-1s"},
+		"invalid --max-header-bytes 10":          {"--upstream", "127.0.0.1:1", "--max-header-bytes", "10"},
+	}
+	for want, args := range cases {
+		var out, errOut bytes.Buffer
+		root := NewRootCommand(&out, &errOut)
+		root.SetArgs(append([]string{"proxy", "--metrics-addr", ""}, args...))
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: got %v, want an error containing %q", args, err, want)
+		}
+	}
+}
+
+func TestProxyUpstreamDefaultsToInClusterService(t *testing.T) {
+	env := map[string]string{"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}
+	o := &proxyOptions{getenv: func(k string) string { return env[k] }}
+	if err := o.Complete(); err != nil || o.Upstream != "[fd00::1]:6443" {
+		t.Fatalf("got %q %v", o.Upstream, err)
+	}
+	env = map[string]string{"KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+	o = &proxyOptions{getenv: func(k string) string { return env[k] }}
+	if err := o.Complete(); err != nil || o.Upstream != "10.96.0.1:443" {
+		t.Fatalf("got %q %v", o.Upstream, err)
+	}
+	// An explicit --upstream wins over the environment.
+	o = &proxyOptions{Upstream: "127.0.0.1:6443", getenv: func(k string) string { return "10.96.0.1" }}
+	if err := o.Complete(); err != nil || o.Upstream != "127.0.0.1:6443" {
+		t.Fatalf("got %q %v", o.Upstream, err)
+	}
+}
+
+var (
+	proxyBinOnce sync.Once
+	proxyBinPath string
+	proxyBinErr  error
+)
+
+// proxyAgentBinary builds cmd/agent once per test binary: the drain test needs a real process to
+// send SIGTERM to.
+func proxyAgentBinary(t *testing.T) string {
+	t.Helper()
+	proxyBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "apiproxy-agent-bin-")
+		if err != nil {
+			proxyBinErr = err
+			return
+		}
+		proxyBinPath = filepath.Join(dir, "agent")
+		root := harness.RepoRoot(t)
+		cmd := exec.Command("go", "build", "-o", proxyBinPath, "./cmd/agent")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			proxyBinErr = fmt.Errorf("go build ./cmd/agent: %v\n%s", err, out)
+		}
+	})
+	if proxyBinErr != nil {
+		t.Fatal(proxyBinErr)
+	}
+	return proxyBinPath
+}
+
+func freeAddr(t *testing.T, ip string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type proxyProcess struct {
+	cmd    *exec.Cmd
+	stderr *proxyLogBuffer
+	done   chan error
+}
+
+type proxyLogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *proxyLogBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *proxyLogBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// startProxyProcess runs `agent proxy args...` and waits until it accepts on waitAddr.
+func startProxyProcess(t *testing.T, env []string, waitAddr string, args ...string) *proxyProcess {
+	t.Helper()
+	p := &proxyProcess{stderr: &proxyLogBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(proxyAgentBinary(t), append([]string{"proxy"}, args...)...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill() // by PID; a no-op once it exited
+		<-p.done
+		p.done <- nil
+		if t.Failed() {
+			t.Logf("agent proxy %v stderr:\n%s", args, p.stderr.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", waitAddr, time.Second)
+		if err == nil {
+			c.Close()
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent proxy not listening on %s: %v\n%s", waitAddr, err, p.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestProxyProcessDrainsOnSIGTERM(t *testing.T) {
+	// Upstream: echoes, and answers "|bye" after the client's EOF.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				io.WriteString(c, "|bye")
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	listen, metrics := freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1")
+	p := startProxyProcess(t, nil, listen, "--listen", listen, "--upstream", l.Addr().String(),
+		"--metrics-addr", metrics, "--shutdown-grace", "20s")
+	if code := httpStatus(t, "http://"+metrics+"/readyz"); code != 200 {
+		t.Fatalf("/readyz %d", code)
+	}
+
+	c, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	io.WriteString(c, "CONNECT kubernetes.default.svc:443 HTTP/1.1\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	io.WriteString(c, "before-")
+
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// It stops accepting...
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c2, err := net.DialTimeout("tcp", listen, time.Second)
+		if err != nil {
+			break
+		}
+		c2.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// ...while the in-flight tunnel keeps working both ways, then ends cleanly.
+	time.Sleep(200 * time.Millisecond)
+	io.WriteString(c, "after-sigterm")
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(br)
+	if err != nil || string(got) != "before-after-sigterm|bye" {
+		t.Fatalf("in-flight tunnel broken by the drain: %q %v", got, err)
+	}
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent proxy did not exit once its last tunnel ended")
+	}
+	logs := p.stderr.String()
+	for _, want := range []string{`authority="kubernetes.default.svc:443"`, `result="ok"`, "drained"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("stderr lacks %s:\n%s", want, logs)
+		}
+	}
+}
+
+func httpStatus(t *testing.T, u string) int {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// Chained, as on a consumer node: kubectl → transparent listener of the consumer's agent proxy →
+// CONNECT through the provider's agent proxy → the provider's kube-apiserver.
+func TestProxyProcessChainedToRealAPIServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a kube-apiserver")
+	}
+	c := harness.Start(t, harness.Options{Name: "chain"})
+	u, err := url.Parse(c.Server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHost, apiPort, _ := net.SplitHostPort(u.Host)
+
+	providerAddr := freeAddr(t, "127.0.0.1")
+	// The provider takes its upstream from the in-cluster variables (here: the loopback API server).
+	startProxyProcess(t, []string{"KUBERNETES_SERVICE_HOST=" + apiHost, "KUBERNETES_SERVICE_PORT=" + apiPort},
+		providerAddr, "--listen", providerAddr, "--metrics-addr", "")
+	nodeAddr := freeAddr(t, "127.0.0.2")
+	consumerMetrics := freeAddr(t, "127.0.0.1")
+	startProxyProcess(t, []string{"KUBERNETES_SERVICE_HOST=", "KUBERNETES_SERVICE_PORT="}, nodeAddr,
+		"--listen", "", "--listen-tcp", nodeAddr, "--upstream", "kubernetes.default.svc:443",
+		"--upstream-proxy", "http://"+providerAddr, "--metrics-addr", consumerMetrics)
+
+	kc, err := clientcmd.LoadFromFile(c.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server = "https://" + nodeAddr
+		cl.TLSServerName = "localhost"
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, errOut, err := harness.RunKubectl(ctx, t, path, "get", "ns", "kube-system", "-o", "name")
+	if err != nil {
+		t.Fatalf("kubectl through the chain: %v\n%s", err, errOut)
+	}
+	if strings.TrimSpace(out) != "namespace/kube-system" {
+		t.Fatalf("kubectl printed %q", out)
+	}
+	resp, err := http.Get("http://" + consumerMetrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `apiproxy_proxy_tunnels_total{listener="tcp",result="ok"}`) {
+		t.Fatalf("consumer metrics show no finished transparent tunnel:\n%s", grepLines(string(body), "apiproxy_proxy"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
