@@ -101,6 +101,9 @@ func (w *getIPWorld) run(t *testing.T, args ...string) (stdout, stderr string, e
 }
 
 func TestGetIPOnRealClusters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs kube-apiservers: `make unit` (-short) leaves them to `make test`")
+	}
 	// Build the binary while the API servers start.
 	bin := filepath.Join(t.TempDir(), "kubectl-apiproxy")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/kubectl-apiproxy")
