@@ -2,17 +2,24 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/apiproxy/apiproxy/pkg/node/netif"
 )
@@ -418,5 +425,113 @@ func TestNodeWithoutCleanupLeavesEverythingInPlace(t *testing.T) {
 	cmd.stop(t)
 	if !has() {
 		t.Error("without --cleanup the address must survive the agent (traffic keeps flowing across restarts)")
+	}
+}
+
+func TestNodeLegacyBackend(t *testing.T) {
+	agent := nodeAgentBinary(t)
+	legacy, err := exec.LookPath("iptables-legacy")
+	if err != nil {
+		t.Fatal("iptables-legacy is missing: install the iptables package that ships both backends")
+	}
+	// xtables-legacy-multi picks its mode from argv[0]: a link named "iptables" is legacy iptables.
+	bin := t.TempDir()
+	if err := os.Symlink(legacy, filepath.Join(bin, "iptables")); err != nil {
+		t.Fatal(err)
+	}
+	ns := testNetns(t)
+	out, err := inNetns(ns, "env", "PATH="+bin+":"+os.Getenv("PATH"), agent, "node", "--ip-address", "10.96.0.4",
+		"--setup-iptables", "--daemon=false")
+	if err != nil {
+		t.Fatalf("one-shot with legacy iptables: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "(legacy)") {
+		t.Errorf("the backend in use must be reported as legacy:\n%s", out)
+	}
+	if p, _ := countRules(saved(t, ns, "iptables-legacy-save"), wantRules("10.96.0.4/32", "443")); p != 5 {
+		t.Errorf("want the five rules in the legacy tables, got %d", p)
+	}
+	if p, _ := countRules(saved(t, ns, "iptables-nft-save"), wantRules("10.96.0.4/32", "443")); p != 0 {
+		t.Errorf("%d rules landed in nf_tables although legacy was in use", p)
+	}
+}
+
+func TestNodeDaemonStopsOnMissingPrivileges(t *testing.T) {
+	agent := nodeAgentBinary(t)
+	ns := testNetns(t)
+	cmd := exec.Command("ip", "netns", "exec", ns, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+		agent, "node", "--ip-address", "10.96.0.2")
+	done := make(chan []byte, 1)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait(); done <- nil }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatal("a daemon without CAP_NET_ADMIN kept running instead of saying what to fix")
+	}
+	if cmd.ProcessState.ExitCode() == 0 || !strings.Contains(out.String(), "needs CAP_NET_ADMIN") {
+		t.Errorf("want a non-zero exit saying it needs CAP_NET_ADMIN, got %d:\n%s", cmd.ProcessState.ExitCode(), out.String())
+	}
+}
+
+// dialInNetns connects to addr from inside the namespace: the socket is created on a thread that
+// briefly enters ns, and keeps belonging to ns whatever thread uses it afterwards.
+func dialInNetns(ns, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic("cannot return to the original network namespace: " + err.Error())
+		}
+	}()
+	return net.DialTimeout("tcp", addr, 2*time.Second)
+}
+
+func TestNodeMetricsAndReadiness(t *testing.T) {
+	ns := testNetns(t)
+	startNodeDaemon(t, ns, "--ip-address", "10.96.0.6", "--metrics-addr", "127.0.0.1:9101")
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) { return dialInNetns(ns, addr) },
+	}}
+	get := func(path string) (int, string) {
+		resp, err := client.Get("http://127.0.0.1:9101" + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitUntil(t, 5*time.Second, "/readyz to answer 200", func() bool { code, _ := get("/readyz"); return code == 200 })
+	// Delete the address once: the repair must show in the counter.
+	mustInNetns(t, ns, "ip", "addr", "del", "10.96.0.6/32", "dev", "lo")
+	waitUntil(t, 5*time.Second, "the repair to be counted", func() bool {
+		_, body := get("/metrics")
+		return strings.Contains(body, `apiproxy_node_repairs_total{kind="address"} 2`)
+	})
+	_, body := get("/metrics")
+	for _, want := range []string{"apiproxy_node_last_successful_sync_timestamp_seconds 1", "apiproxy_node_sync_errors_total 0"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
