@@ -31,7 +31,17 @@ func readIP(ctx context.Context, req Request, res *Result) error {
 	if local, found, _ := unstructured.NestedString(obj.Object, "spec", "ip"); found {
 		res.LocalIP = local
 	}
-	if ip, found, _ := unstructured.NestedString(obj.Object, "status", "ip"); found && ip != "" {
+	status, _, _ := unstructured.NestedFieldNoCopy(obj.Object, "status")
+	if status != nil {
+		if _, ok := status.(map[string]any); !ok {
+			return fail(ErrInvalidValue, "%s: status is a %T, want an object", what, status)
+		}
+	}
+	if v, _, _ := unstructured.NestedFieldNoCopy(obj.Object, "status", "ip"); v != nil && v != "" {
+		ip, ok := v.(string)
+		if !ok {
+			return fail(ErrInvalidValue, "%s: status.ip is a %T, want an IP address string", what, v)
+		}
 		res.StatusShape = "status.ip"
 		addr, err := parseAddr(what, "status.ip", ip)
 		if err != nil {
@@ -46,8 +56,7 @@ func readIP(ctx context.Context, req Request, res *Result) error {
 		}
 		return nil
 	}
-	raw, found, err := unstructured.NestedFieldNoCopy(obj.Object, "status", "ipMappings")
-	if err != nil || (found && raw != nil) {
+	if raw, _, _ := unstructured.NestedFieldNoCopy(obj.Object, "status", "ipMappings"); raw != nil {
 		mappings, ok := raw.(map[string]any)
 		if !ok {
 			return fail(ErrInvalidValue, "%s: status.ipMappings is a %T, want a map of cluster ID to IP", what, raw)
