@@ -1,0 +1,331 @@
+package install
+
+import (
+	"bytes"
+	"encoding/pem"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/apiproxy/apiproxy/pkg/cmd/agent"
+	"github.com/apiproxy/apiproxy/pkg/version"
+)
+
+func allRolesOptions() Options {
+	o := DefaultOptions()
+	o.Roles = AllRoles
+	o.APIServerFQDN = "kubernetes.default.svc"
+	o.APIServerPort = 443
+	o.HostAliasIP = "10.96.0.2"
+	return o
+}
+
+func renderAll(t *testing.T, o Options) []*unstructured.Unstructured {
+	t.Helper()
+	objs, err := RenderOffline(o, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func find(t *testing.T, objs []*unstructured.Unstructured, kind, name string, into any) {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(o.Object, into, true); err != nil {
+				t.Fatalf("%s %s does not decode strictly: %v", kind, name, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no %s %s rendered", kind, name)
+}
+
+func TestRenderRolesSelectFilesAndLabelEverything(t *testing.T) {
+	cases := map[string]struct {
+		roles []Role
+		kinds []string
+	}{
+		"proxy":   {[]Role{RoleProxy}, []string{"Namespace", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget"}},
+		"node":    {[]Role{RoleNode}, []string{"Namespace", "ServiceAccount", "DaemonSet"}},
+		"webhook": {[]Role{RoleWebhook}, []string{"Namespace", "ServiceAccount", "Secret", "Secret", "Deployment", "Service", "PodDisruptionBudget", "MutatingWebhookConfiguration"}},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			o := allRolesOptions()
+			o.Roles = tc.roles
+			if !slices.Contains(tc.roles, RoleWebhook) {
+				o.APIServerFQDN, o.APIServerPort, o.HostAliasIP = "", 0, ""
+			}
+			var kinds []string
+			for _, obj := range renderAll(t, o) {
+				kinds = append(kinds, obj.GetKind())
+				l := obj.GetLabels()
+				want := map[string]string{LabelPartOf: "apiproxy", LabelManagedBy: FieldManager, LabelInstallNamespace: o.Namespace,
+					LabelVersion: VersionLabel(version.Get().Version)}
+				for k, v := range want {
+					if l[k] != v {
+						t.Errorf("%s %s: label %s=%q, want %q", obj.GetKind(), obj.GetName(), k, l[k], v)
+					}
+				}
+				if l[LabelComponent] == "" || l[LabelName] == "" {
+					t.Errorf("%s %s lacks component/name labels: %v", obj.GetKind(), obj.GetName(), l)
+				}
+				if obj.GetKind() != "Namespace" && obj.GetKind() != "MutatingWebhookConfiguration" && obj.GetNamespace() != o.Namespace {
+					t.Errorf("%s %s in namespace %q, want %q", obj.GetKind(), obj.GetName(), obj.GetNamespace(), o.Namespace)
+				}
+				if tl, found, _ := unstructured.NestedStringMap(obj.Object, "spec", "template", "metadata", "labels"); found && tl[LabelPartOf] != PartOf {
+					t.Errorf("%s %s: pod template lacks %s", obj.GetKind(), obj.GetName(), LabelPartOf)
+				}
+			}
+			if !slices.Equal(kinds, tc.kinds) {
+				t.Errorf("kinds = %v, want %v", kinds, tc.kinds)
+			}
+		})
+	}
+}
+
+func TestRenderProxyDeploymentIsHardened(t *testing.T) {
+	o := DefaultOptions()
+	o.ProxyPort = 3128
+	objs := renderAll(t, o)
+	var d appsv1.Deployment
+	find(t, objs, "Deployment", "apiproxy-proxy", &d)
+	if *d.Spec.Replicas != 2 {
+		t.Errorf("replicas = %d, want 2", *d.Spec.Replicas)
+	}
+	ps := d.Spec.Template.Spec
+	if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
+		t.Error("the proxy must not get a service-account token")
+	}
+	if ps.SecurityContext.RunAsNonRoot == nil || !*ps.SecurityContext.RunAsNonRoot {
+		t.Error("the proxy must run as non-root")
+	}
+	c := ps.Containers[0]
+	if c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem {
+		t.Error("the proxy needs a read-only root filesystem")
+	}
+	if c.LivenessProbe == nil || c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("probes: %+v %+v", c.LivenessProbe, c.ReadinessProbe)
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
+		t.Errorf("resources: %+v", c.Resources)
+	}
+	if !slices.Equal(c.Args, []string{"proxy", "--listen", ":3128", "--metrics-addr", ":9090"}) {
+		t.Errorf("args = %v", c.Args)
+	}
+	if c.Image != DefaultImage() {
+		t.Errorf("image = %s, want %s", c.Image, DefaultImage())
+	}
+	var svc corev1.Service
+	find(t, objs, "Service", "apiproxy-proxy", &svc)
+	if p := svc.Spec.Ports[0]; p.Name != "http" || p.Port != 3128 {
+		t.Errorf("service port = %+v, want http 3128", p)
+	}
+	var pdb policyv1.PodDisruptionBudget
+	find(t, objs, "PodDisruptionBudget", "apiproxy-proxy", &pdb)
+	if pdb.Spec.MinAvailable.IntValue() != 1 {
+		t.Errorf("pdb minAvailable = %v", pdb.Spec.MinAvailable)
+	}
+	var ns corev1.Namespace
+	find(t, objs, "Namespace", DefaultNamespace, &ns)
+	if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
+		t.Errorf("proxy-only namespace should be restricted: %v", ns.Labels)
+	}
+}
+
+func TestRenderNodeDaemonSet(t *testing.T) {
+	for _, iptables := range []bool{false, true} {
+		o := DefaultOptions()
+		o.Roles = []Role{RoleNode}
+		o.SetupIPTables = iptables
+		o.UpstreamProxy = "http://10.81.0.3:8118"
+		objs := renderAll(t, o)
+		var ds appsv1.DaemonSet
+		find(t, objs, "DaemonSet", "apiproxy-node", &ds)
+		ps := ds.Spec.Template.Spec
+		if !ps.HostNetwork || ps.PriorityClassName != "system-node-critical" {
+			t.Errorf("hostNetwork=%v priorityClass=%q", ps.HostNetwork, ps.PriorityClassName)
+		}
+		if len(ps.Tolerations) != 1 || ps.Tolerations[0].Operator != corev1.TolerationOpExists || ps.Tolerations[0].Key != "" {
+			t.Errorf("tolerations = %+v, want tolerate everything", ps.Tolerations)
+		}
+		init := ps.InitContainers[0]
+		if !slices.Contains(init.Args, "--daemon=false") || !slices.Contains(init.Args, "apiproxy0") || !slices.Contains(init.Args, "10.96.0.2") {
+			t.Errorf("init args = %v", init.Args)
+		}
+		sidecar, proxy := ps.Containers[0], ps.Containers[1]
+		if slices.Contains(sidecar.Args, "--daemon=false") || sidecar.Args[0] != "node" {
+			t.Errorf("sidecar args = %v", sidecar.Args)
+		}
+		for _, c := range []corev1.Container{init, sidecar} {
+			caps := c.SecurityContext.Capabilities.Add
+			if !slices.Contains(caps, "NET_ADMIN") || slices.Contains(caps, "NET_RAW") != iptables {
+				t.Errorf("iptables=%v: %s caps = %v", iptables, c.Name, caps)
+			}
+			if slices.Contains(c.Args, "--setup-iptables") != iptables {
+				t.Errorf("iptables=%v: %s args = %v", iptables, c.Name, c.Args)
+			}
+			if hasMount := len(c.VolumeMounts) == 1 && c.VolumeMounts[0].MountPath == "/run/xtables.lock"; hasMount != iptables {
+				t.Errorf("iptables=%v: %s mounts = %v", iptables, c.Name, c.VolumeMounts)
+			}
+		}
+		want := []string{"proxy", "--listen", "10.96.0.2:8118", "--listen-tcp", "10.96.0.2:443", "--metrics-addr", "10.96.0.2:9191", "--upstream-proxy", "http://10.81.0.3:8118"}
+		if !slices.Equal(proxy.Args, want) {
+			t.Errorf("forwarder args = %v, want %v", proxy.Args, want)
+		}
+		if slices.Contains(proxy.SecurityContext.Capabilities.Add, "NET_ADMIN") {
+			t.Error("the forwarder must not get NET_ADMIN")
+		}
+		var ns corev1.Namespace
+		find(t, objs, "Namespace", DefaultNamespace, &ns)
+		if ns.Labels["pod-security.kubernetes.io/enforce"] != "privileged" {
+			t.Errorf("the node role needs a privileged namespace: %v", ns.Labels)
+		}
+	}
+}
+
+func TestRenderWebhook(t *testing.T) {
+	o := allRolesOptions()
+	o.Namespace = "tenant-a"
+	objs := renderAll(t, o)
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	find(t, objs, "MutatingWebhookConfiguration", "apiproxy-webhook-tenant-a", &mwc)
+	w := mwc.Webhooks[0]
+	if *w.FailurePolicy != admissionregistrationv1.Ignore || *w.TimeoutSeconds != 2 || *w.SideEffects != admissionregistrationv1.SideEffectClassNone ||
+		*w.ReinvocationPolicy != admissionregistrationv1.NeverReinvocationPolicy || !slices.Equal(w.AdmissionReviewVersions, []string{"v1", "v1beta1"}) {
+		t.Errorf("webhook policy: %+v", w)
+	}
+	if r := w.Rules[0]; !slices.Equal(r.Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Create}) || !slices.Equal(r.Resources, []string{"pods"}) {
+		t.Errorf("rules = %+v", w.Rules)
+	}
+	if s := w.ClientConfig.Service; s == nil || s.Namespace != "tenant-a" || *s.Path != "/webhook/pod-apiserver-env" {
+		t.Errorf("clientConfig = %+v", w.ClientConfig)
+	}
+	nsExprs := w.NamespaceSelector.MatchExpressions
+	if len(nsExprs) != 2 || nsExprs[0].Key != "apiproxy.io/inject" || nsExprs[0].Values[0] != "disabled" ||
+		nsExprs[1].Key != "kubernetes.io/metadata.name" || nsExprs[1].Values[0] != "tenant-a" {
+		t.Errorf("namespaceSelector = %+v", nsExprs)
+	}
+	if e := w.ObjectSelector.MatchExpressions; len(e) != 1 || e[0].Key != "apiproxy.io/inject" || string(e[0].Operator) != "NotIn" {
+		t.Errorf("objectSelector = %+v", e)
+	}
+	var tls corev1.Secret
+	find(t, objs, "Secret", tlsSecretName, &tls)
+	if !bytes.Equal(w.ClientConfig.CABundle, tls.Data["ca.crt"]) {
+		t.Error("caBundle differs from the CA stored with the serving certificate")
+	}
+	block, _ := pem.Decode(tls.Data["tls.crt"])
+	if block == nil {
+		t.Fatal("no serving certificate")
+	}
+	var d appsv1.Deployment
+	find(t, objs, "Deployment", "apiproxy-webhook", &d)
+	args := d.Spec.Template.Spec.Containers[0].Args
+	for _, want := range []string{"--apiserver-fqdn", "kubernetes.default.svc", "--apiserver-port", "443", "--host-alias-ip", "10.96.0.2", "--cert-dir", webhookCertDir} {
+		if !slices.Contains(args, want) {
+			t.Errorf("webhook args %v lack %q", args, want)
+		}
+	}
+	// The CA key must stay out of the pod: only tls.crt and tls.key are projected.
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Secret == nil || v.Secret.SecretName != tlsSecretName || len(v.Secret.Items) != 2 {
+			t.Errorf("webhook volume %+v", v)
+		}
+	}
+}
+
+// The rendered arguments are a contract with the agent's roles: parse them with the real commands.
+func TestRenderedArgsParseWithTheAgentCommands(t *testing.T) {
+	o := allRolesOptions()
+	o.SetupIPTables = true
+	o.UpstreamProxy = "http://10.81.0.3:8118"
+	var checked int
+	for _, obj := range renderAll(t, o) {
+		for _, field := range []string{"initContainers", "containers"} {
+			cs, _, _ := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", field)
+			for _, c := range cs {
+				args, _, _ := unstructured.NestedStringSlice(c.(map[string]any), "args")
+				root := agent.NewRootCommand(io.Discard, io.Discard)
+				cmd, rest, err := root.Find(args)
+				if err != nil || cmd == root {
+					t.Fatalf("agent has no role for %v: %v", args, err)
+				}
+				if err := cmd.ParseFlags(rest); err != nil {
+					t.Errorf("agent %s rejects %v: %v", cmd.Name(), rest, err)
+				}
+				checked++
+			}
+		}
+	}
+	if checked != 5 {
+		t.Errorf("checked %d containers, want 5 (proxy, node init+sidecar+forwarder, webhook)", checked)
+	}
+}
+
+func TestValidateSaysWhatToFix(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(*Options)
+		want string
+	}{
+		{"node ip", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeIP = "not-an-ip" }, "--node-ip"},
+		{"loopback node ip", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeIP = "127.0.0.5" }, "loopback"},
+		{"interface", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeInterface = "way-too-long-interface" }, "--node-interface"},
+		{"proxy port", func(o *Options) { o.ProxyPort = 70000 }, "--proxy-port"},
+		{"webhook without fqdn", func(o *Options) { o.Roles = []Role{RoleWebhook} }, "--apiserver-fqdn"},
+		{"bad fqdn", func(o *Options) { o.Roles = []Role{RoleWebhook}; o.APIServerFQDN = "a b" }, "not a DNS name"},
+		{"fqdn without webhook", func(o *Options) { o.APIServerFQDN = "x.example" }, "only applies to the webhook role"},
+		{"upstream proxy scheme", func(o *Options) { o.Roles = []Role{RoleNode}; o.UpstreamProxy = "10.0.0.1:8118" }, "http://HOST:PORT"},
+		{"upstream proxy without node", func(o *Options) { o.UpstreamProxy = "http://10.81.0.3:8118" }, "node role"},
+		{"host alias", func(o *Options) { o.Roles = []Role{RoleWebhook}; o.APIServerFQDN = "a.b"; o.HostAliasIP = "x" }, "--host-alias-ip"},
+		{"create ip", func(o *Options) { o.CreateIP = "maybe" }, "auto, true or false"},
+		{"namespace", func(o *Options) { o.Namespace = "Bad_NS" }, "namespace"},
+		{"image", func(o *Options) { o.Image = "" }, "--image"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultOptions()
+			tc.edit(&o)
+			err := o.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := ParseRoles([]string{"proxy,gateway"}); err == nil || !strings.Contains(err.Error(), "gateway") {
+		t.Errorf("ParseRoles(gateway) err = %v", err)
+	}
+	if r, err := ParseRoles([]string{"webhook,proxy", "node"}); err != nil || !slices.Equal(r, AllRoles) {
+		t.Errorf("ParseRoles = %v, %v; want apply order %v", r, err, AllRoles)
+	}
+	if _, err := ParseDryRun("yes"); err == nil || !strings.Contains(err.Error(), "none, client or server") {
+		t.Errorf("ParseDryRun(yes) err = %v", err)
+	}
+}
+
+func TestImageTagAndVersionLabel(t *testing.T) {
+	for img, want := range map[string]string{
+		"ghcr.io/apiproxy/agent:v1.2.3":         "v1.2.3",
+		"registry:5000/agent:v1":                "v1",
+		"registry:5000/agent":                   "",
+		"agent@sha256:abc":                      "",
+		"registry:5000/agent:v2@sha256:deadbee": "v2",
+	} {
+		if got := imageTag(img); got != want {
+			t.Errorf("imageTag(%s) = %q, want %q", img, got, want)
+		}
+	}
+	if got := VersionLabel("v1.2.3+build.5"); got != "v1.2.3-build.5" {
+		t.Errorf("VersionLabel = %q", got)
+	}
+}
