@@ -1,0 +1,287 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/apiproxy/apiproxy/pkg/cmd/cmdutil"
+	"github.com/apiproxy/apiproxy/pkg/connect"
+	"github.com/apiproxy/apiproxy/pkg/tunnel"
+)
+
+func init() { registerSubcommand(newConnectCommand) }
+
+const connectExample = `  # cl02 is the current context; cl01 is the peer whose fabric reaches cl02's proxy.
+  # Run kubectl against cl02 through its proxy (a local listener, closed when kubectl exits):
+  kubectl apiproxy connect --context cl02 --remote cl01 -- kubectl get ns
+
+  # A kubeconfig with proxy-url, for clients inside cl01 that reach the fabric:
+  kubectl apiproxy connect --context cl02 --remote cl01 --print-kubeconfig > cl02-via-cl01.yaml
+
+  # Add a context "cl02-via-apiproxy" to your kubeconfig:
+  kubectl apiproxy connect --context cl02 --remote cl01 --merge
+
+  # Skip the address computation when you know the proxy URL:
+  kubectl apiproxy connect --context cl02 --proxy-url http://10.81.0.3:8118`
+
+// ConnectOptions are the options of `kubectl apiproxy connect`.
+type ConnectOptions struct {
+	configFlags *genericclioptions.ConfigFlags
+	genericiooptions.IOStreams
+
+	// Where the proxy is: computed from the Liqo resources (getIP), or given.
+	address  *ProxyAddressOptions
+	ProxyURL string
+
+	PrintKubeconfig bool
+	WriteKubeconfig string
+	Merge           bool
+
+	Listen        string
+	TLSServerName string
+	DialTimeout   time.Duration
+	Command       []string
+
+	target   *connect.Target
+	proxyURL string // resolved, http://HOST:PORT
+}
+
+func newConnectCommand(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
+	o := &ConnectOptions{configFlags: configFlags, IOStreams: streams, address: NewProxyAddressOptions()}
+	cmd := &cobra.Command{
+		Use:   "connect [--remote CONTEXT | --proxy-url URL] [flags] [-- COMMAND [ARGS...]]",
+		Short: "Reach the current context's API server through its proxy, as seen from a peer cluster",
+		Long: `connect reaches the API server of the current context (the provider, e.g. cl02) through its
+apiproxy CONNECT proxy, at the address the peer given by --remote (e.g. cl01) uses (see get-ip).
+
+By default it listens locally (--listen) and tunnels every connection through the proxy, writes a
+kubeconfig that points at the listener, and runs until interrupted, like kubectl port-forward. After
+"--", it runs the command with KUBECONFIG set and exits with the command's status.
+--print-kubeconfig, --write-kubeconfig and --merge instead produce a kubeconfig with proxy-url, for
+clients that reach the proxy themselves (inside the peer cluster). TLS stays end to end: the proxy
+never sees your credentials.`,
+		Example: connectExample,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(cmd, args); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	o.address.AddFlags(cmd.Flags())
+	f := cmd.Flags()
+	f.StringVar(&o.ProxyURL, "proxy-url", "", "Proxy URL (http://HOST:PORT); skips computing it from the Liqo resources")
+	f.BoolVar(&o.PrintKubeconfig, "print-kubeconfig", false, "Print a kubeconfig with proxy-url for the current context and exit")
+	f.StringVar(&o.WriteKubeconfig, "write-kubeconfig", "", "Write a kubeconfig with proxy-url for the current context to this path and exit")
+	f.BoolVar(&o.Merge, "merge", false, "Add a context <context>-via-apiproxy with proxy-url to your kubeconfig and exit")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:0", "Local address of the tunnelling listener")
+	f.StringVar(&o.TLSServerName, "tls-server-name", "", "Name to verify the API server's certificate against (default: the context's server host)")
+	f.DurationVar(&o.DialTimeout, "dial-timeout", 10*time.Second, "Timeout to reach the proxy and open a tunnel (TCP dial plus CONNECT)")
+	return cmd
+}
+
+// Complete resolves the target context and the proxy URL.
+func (o *ConnectOptions) Complete(cmd *cobra.Command, args []string) error {
+	if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+		if dash > 0 {
+			return fmt.Errorf("unexpected arguments %v before \"--\"", args[:dash])
+		}
+		o.Command = args[dash:]
+	} else if len(args) > 0 {
+		return fmt.Errorf("unexpected arguments %v: put the command to run after \"--\"", args)
+	}
+	raw, err := o.configFlags.ToRawKubeConfigLoader().RawConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	contextName := ""
+	if o.configFlags.Context != nil {
+		contextName = *o.configFlags.Context
+	}
+	if o.target, err = connect.NewTarget(raw, contextName); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Validate checks that the flags make one coherent request.
+func (o *ConnectOptions) Validate() error {
+	modes := 0
+	for _, on := range []bool{o.PrintKubeconfig, o.WriteKubeconfig != "", o.Merge} {
+		if on {
+			modes++
+		}
+	}
+	if modes > 1 {
+		return errors.New("--print-kubeconfig, --write-kubeconfig and --merge are exclusive: pick one")
+	}
+	if modes == 1 && len(o.Command) > 0 {
+		return errors.New("a command after \"--\" runs against the local listener: drop --print-kubeconfig/--write-kubeconfig/--merge")
+	}
+	if o.ProxyURL != "" {
+		if _, err := tunnel.ProxyHostPort(o.ProxyURL); err != nil {
+			return err
+		}
+	} else if err := o.address.Validate(); err != nil {
+		return fmt.Errorf("%w; or give the proxy directly with --proxy-url http://HOST:PORT", err)
+	}
+	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
+		return fmt.Errorf("--listen %q: want HOST:PORT (e.g. 127.0.0.1:0): %w", o.Listen, err)
+	}
+	return nil
+}
+
+// Run produces the kubeconfig, or serves the listener (and runs the command).
+func (o *ConnectOptions) Run(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	proxyURL, err := o.resolveProxyURL(ctx)
+	if err != nil {
+		return err
+	}
+	o.proxyURL = proxyURL
+
+	switch {
+	case o.PrintKubeconfig:
+		b, err := connect.Serialize(o.target.WithProxyURL(proxyURL))
+		if err != nil {
+			return err
+		}
+		_, err = o.Out.Write(b)
+		return err
+	case o.WriteKubeconfig != "":
+		if err := clientcmd.WriteToFile(*o.target.WithProxyURL(proxyURL), o.WriteKubeconfig); err != nil {
+			return fmt.Errorf("writing %s: %w", o.WriteKubeconfig, err)
+		}
+		fmt.Fprintf(o.ErrOut, "wrote %s: context %q reaches %s through %s\n", o.WriteKubeconfig, o.target.ContextName, o.target.Server(), proxyURL)
+		return nil
+	case o.Merge:
+		return o.merge(proxyURL)
+	}
+	return o.serve(ctx)
+}
+
+func (o *ConnectOptions) resolveProxyURL(ctx context.Context) (string, error) {
+	if o.ProxyURL != "" {
+		hp, _ := tunnel.ProxyHostPort(o.ProxyURL)
+		return "http://" + hp, nil
+	}
+	res, err := o.address.Resolve(ctx, o.configFlags)
+	if err != nil {
+		return "", err
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintln(o.ErrOut, "Warning:", w)
+	}
+	fmt.Fprintf(o.ErrOut, "proxy of %q as seen from %q: %s\n", o.target.ContextName, res.Consumer, res.ProxyURL)
+	return res.ProxyURL, nil
+}
+
+func (o *ConnectOptions) merge(proxyURL string) error {
+	access := o.configFlags.ToRawKubeConfigLoader().ConfigAccess()
+	start, err := access.GetStartingConfig()
+	if err != nil {
+		return err
+	}
+	name := o.target.ContextName + "-via-apiproxy"
+	withProxy := o.target.WithProxyURL(proxyURL)
+	connect.MergeInto(start, withProxy, o.target.ContextName, name)
+	if err := clientcmd.ModifyConfig(access, *start, false); err != nil {
+		return fmt.Errorf("updating kubeconfig: %w", err)
+	}
+	fmt.Fprintf(o.ErrOut, "added context %q (through %s) to %s\n", name, proxyURL, access.GetDefaultFilename())
+	return nil
+}
+
+func (o *ConnectOptions) dialer() func(context.Context) (net.Conn, error) {
+	d := &tunnel.Dialer{Proxy: o.proxyURL, Timeout: o.DialTimeout, Forward: &net.Dialer{KeepAlive: 30 * time.Second}}
+	authority, _ := o.target.Authority()
+	return func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", authority) }
+}
+
+func (o *ConnectOptions) serve(ctx context.Context) error {
+	if _, err := o.target.Authority(); err != nil {
+		return err
+	}
+	dial := o.dialer()
+	// Fail fast, naming the hop, before anyone relies on the listener.
+	cctx, cancel := context.WithTimeout(ctx, o.DialTimeout+5*time.Second)
+	err := connect.Check(cctx, dial, o.target, o.TLSServerName, o.proxyURL)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	l, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", o.Listen, err)
+	}
+	dir, err := os.MkdirTemp("", "kubectl-apiproxy-")
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer os.RemoveAll(dir)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*o.target.WithListener(l.Addr().String(), o.TLSServerName), kubeconfig); err != nil {
+		l.Close()
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fwd := &connect.Forwarder{
+		Listener: l, Dial: dial, DialTimeout: o.DialTimeout,
+		OnError: func(err error) { fmt.Fprintln(o.ErrOut, "tunnel:", connect.DescribeDialError(err, o.proxyURL)) },
+	}
+	served := make(chan error, 1)
+	go func() { served <- fwd.Serve(ctx) }()
+
+	fmt.Fprintf(o.ErrOut, "Tunnelling %s to %s (context %q) through proxy %s\n", l.Addr(), o.target.Server(), o.target.ContextName, o.proxyURL)
+	if len(o.Command) == 0 {
+		fmt.Fprintf(o.ErrOut, "Use it with the kubeconfig below; Ctrl-C to stop.\n")
+		fmt.Fprintf(o.Out, "export KUBECONFIG=%s\n", kubeconfig)
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-served:
+			return err
+		}
+	}
+	return o.runCommand(ctx, kubeconfig, stop, served)
+}
+
+func (o *ConnectOptions) runCommand(ctx context.Context, kubeconfig string, stop func(), served <-chan error) error {
+	cmd := exec.Command(o.Command[0], o.Command[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.In, o.Out, o.ErrOut
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("running %q: %w", o.Command[0], err)
+	}
+	// The command shares our terminal: Ctrl-C reaches it directly; we only wait for it.
+	err := cmd.Wait()
+	stop()
+	<-served
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return &cmdutil.ExitError{Code: exitErr.ExitCode()}
+	}
+	return err
+}

@@ -1,0 +1,59 @@
+package plugin
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Flag combinations that cannot work are refused before any cluster is contacted.
+func TestConnectValidation(t *testing.T) {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["c"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:1"}
+	kc.AuthInfos["u"] = &clientcmdapi.AuthInfo{}
+	kc.Contexts["cl02"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "u"}
+	kc.CurrentContext = "cl02"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"connect"}, "--remote"},
+		{[]string{"connect", "--proxy-url", "https://p:1"}, "scheme"},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--print-kubeconfig", "--merge"}, "exclusive"},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--print-kubeconfig", "--", "kubectl"}, "local listener"},
+		{[]string{"connect", "--proxy-url", "http://p:1", "stray"}, "after \"--\""},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--listen", "nope"}, "--listen"},
+		{[]string{"--context", "missing", "connect", "--proxy-url", "http://p:1"}, `"missing"`},
+	} {
+		streams, _, out, _ := genericiooptions.NewTestIOStreams()
+		root := NewRootCommand(streams)
+		root.SetArgs(append([]string{"--kubeconfig", path}, tc.args...))
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want one mentioning %q", tc.args, err, tc.want)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%v: printed %q on stdout although it failed", tc.args, out.String())
+		}
+	}
+
+	// --print-kubeconfig with --proxy-url needs no cluster at all.
+	streams, _, out, _ := genericiooptions.NewTestIOStreams()
+	root := NewRootCommand(streams)
+	root.SetArgs([]string{"--kubeconfig", path, "connect", "--proxy-url", "http://127.0.0.9:8118", "--print-kubeconfig"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := clientcmd.Load(out.Bytes())
+	if err != nil || got.Clusters["c"].ProxyURL != "http://127.0.0.9:8118" {
+		t.Fatalf("printed kubeconfig: %v %+v", err, got)
+	}
+}
