@@ -55,3 +55,30 @@ lint: ## gofmt and go vet
 
 clean: ## remove build outputs (the test assets cache stays; delete $(ASSETS) by hand)
 	rm -rf $(BIN) dist
+
+# --- release packaging (issue 7) ---------------------------------------------------------------
+.PHONY: image dist
+
+IMAGE     ?= ghcr.io/apiproxy/agent:$(VERSION)
+# The platforms of the krew manifest (plugins/krew.yaml); keep the two lists in step.
+PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
+DIST      := dist
+
+image: ## build the agent image $(IMAGE) (needs a Docker engine)
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg BUILDDATE=$(BUILDDATE) -t $(IMAGE) .
+
+# One archive per platform, named kubectl-apiproxy_<version>_<os>_<arch>.tar.gz (.zip on Windows),
+# holding the binary and LICENSE at the top level, as plugins/krew.yaml expects; plus sha256sums.txt.
+dist: ## release archives for krew (linux/darwin amd64+arm64, windows amd64) with sha256 sums, into dist/
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	set -euo pipefail; for p in $(PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; ext=; [ "$$os" = windows ] && ext=.exe; \
+	  name=kubectl-apiproxy_$(VERSION)_$${os}_$${arch}; stage=$(DIST)/$$name; mkdir -p $$stage; \
+	  GOOS=$$os GOARCH=$$arch go build $(GOFLAGS_BUILD) -ldflags "$(LDFLAGS)" -o $$stage/kubectl-apiproxy$$ext ./cmd/kubectl-apiproxy; \
+	  cp LICENSE $$stage/; \
+	  if [ "$$os" = windows ]; then (cd $$stage && zip -q -X ../$$name.zip kubectl-apiproxy$$ext LICENSE); \
+	  else tar -C $$stage -czf $(DIST)/$$name.tar.gz kubectl-apiproxy LICENSE; fi; \
+	  rm -rf $$stage; \
+	done
+	cd $(DIST) && { command -v sha256sum >/dev/null && sha256sum kubectl-apiproxy_* || shasum -a 256 kubectl-apiproxy_*; } > sha256sums.txt
+	@cat $(DIST)/sha256sums.txt
