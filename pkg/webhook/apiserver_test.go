@@ -173,7 +173,7 @@ type versionRecorder struct {
 
 func (v *versionRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	var rv review
+	var rv review[json.RawMessage]
 	_ = json.Unmarshal(body, &rv)
 	v.mu.Lock()
 	v.versions[rv.APIVersion]++

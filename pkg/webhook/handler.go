@@ -61,22 +61,27 @@ func NewHandler(c Config, reg prometheus.Registerer) (*Handler, error) {
 	return h, nil
 }
 
-// review is the part of an AdmissionReview (v1 and v1beta1 share the layout) the handler reads.
-type review struct {
-	APIVersion string         `json:"apiVersion"`
-	Kind       string         `json:"kind"`
-	Request    *reviewRequest `json:"request"`
+// review is the part of an AdmissionReview (v1 and v1beta1 share the layout) the handler reads,
+// with the object decoded as O: *slimPod in one pass, or json.RawMessage when that pass failed.
+type review[O any] struct {
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Request    *reviewRequest[O] `json:"request"`
 }
 
-type reviewRequest struct {
+type reviewRequest[O any] struct {
+	requestMeta
+	Object O `json:"object"`
+}
+
+type requestMeta struct {
 	UID  string `json:"uid"`
 	Kind struct {
 		Group string `json:"group"`
 		Kind  string `json:"kind"`
 	} `json:"kind"`
-	SubResource string          `json:"subResource"`
-	Operation   string          `json:"operation"`
-	Object      json.RawMessage `json:"object"`
+	SubResource string `json:"subResource"`
+	Operation   string `json:"operation"`
 }
 
 type reviewResponse struct {
@@ -158,41 +163,80 @@ func tooLarge() error {
 // Review answers one encoded AdmissionReview: the encoded response and its result label, or an
 // *httpError (400) when body is not a review this webhook can answer.
 func (h *Handler) Review(body []byte) ([]byte, string, error) {
-	var rv review
-	// Case-sensitive like the API server: "Env" is not "env", and the patch paths must name the
-	// fields that really exist.
+	// Decoding is case-sensitive like the API server's: "Env" is not "env", and the patch paths must
+	// name fields that really exist. The common case decodes review and pod in a single pass.
+	var fast review[*slimPod]
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(body, &fast); err == nil {
+		if err := checkReview(fast.APIVersion, fast.Kind, metaOf(fast.Request)); err != nil {
+			return nil, "", err
+		}
+		pod := fast.Request.Object
+		if pod == nil {
+			pod = &slimPod{}
+		}
+		return h.answer(fast.APIVersion, &fast.Request.requestMeta, func() (*slimPod, error) { return pod, nil })
+	}
+	// Either not a review at all, or an object that is not shaped like a pod (which is fine for
+	// requests that are not pod creations): decode again, keeping the object raw.
+	var rv review[json.RawMessage]
 	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(body, &rv); err != nil {
 		return nil, "", &httpError{http.StatusBadRequest, "body is not a JSON AdmissionReview: " + err.Error()}
 	}
-	if rv.APIVersion != admissionV1 && rv.APIVersion != admissionV1beta1 {
-		return nil, "", &httpError{http.StatusBadRequest, fmt.Sprintf(
-			"apiVersion %q is not supported: expected %s or %s", rv.APIVersion, admissionV1, admissionV1beta1)}
+	if err := checkReview(rv.APIVersion, rv.Kind, metaOf(rv.Request)); err != nil {
+		return nil, "", err
 	}
-	if rv.Kind != "AdmissionReview" {
-		return nil, "", &httpError{http.StatusBadRequest, fmt.Sprintf("kind %q is not AdmissionReview", rv.Kind)}
+	return h.answer(rv.APIVersion, &rv.Request.requestMeta, func() (*slimPod, error) {
+		var pod slimPod
+		if len(rv.Request.Object) == 0 {
+			return &pod, nil
+		}
+		return &pod, sigsjson.UnmarshalCaseSensitivePreserveInts(rv.Request.Object, &pod)
+	})
+}
+
+func metaOf[O any](r *reviewRequest[O]) *requestMeta {
+	if r == nil {
+		return nil
 	}
-	req := rv.Request
-	if req == nil {
-		return nil, "", &httpError{http.StatusBadRequest, "AdmissionReview has no request"}
+	return &r.requestMeta
+}
+
+// checkReview refuses what is not an AdmissionReview request this webhook can answer; meta is nil
+// when the review has no request.
+func checkReview(apiVersion, kind string, meta *requestMeta) error {
+	if apiVersion != admissionV1 && apiVersion != admissionV1beta1 {
+		return &httpError{http.StatusBadRequest, fmt.Sprintf(
+			"apiVersion %q is not supported: expected %s or %s", apiVersion, admissionV1, admissionV1beta1)}
 	}
-	if req.UID == "" {
-		return nil, "", &httpError{http.StatusBadRequest, "AdmissionReview request has no uid"}
+	if kind != "AdmissionReview" {
+		return &httpError{http.StatusBadRequest, fmt.Sprintf("kind %q is not AdmissionReview", kind)}
 	}
-	out := reviewResponse{APIVersion: rv.APIVersion, Kind: "AdmissionReview", Response: response{UID: req.UID, Allowed: true}}
-	result := h.decide(req, &out.Response)
+	if meta == nil {
+		return &httpError{http.StatusBadRequest, "AdmissionReview has no request"}
+	}
+	if meta.UID == "" {
+		return &httpError{http.StatusBadRequest, "AdmissionReview request has no uid"}
+	}
+	return nil
+}
+
+// answer encodes the response to one checked request, in the request's apiVersion.
+func (h *Handler) answer(apiVersion string, meta *requestMeta, pod func() (*slimPod, error)) ([]byte, string, error) {
+	out := reviewResponse{APIVersion: apiVersion, Kind: "AdmissionReview", Response: response{UID: meta.UID, Allowed: true}}
+	result := h.decide(meta, pod, &out.Response)
 	b, err := json.Marshal(&out)
 	return b, result, err
 }
 
 // decide fills resp for one request and returns its result label.
-func (h *Handler) decide(req *reviewRequest, resp *response) string {
+func (h *Handler) decide(meta *requestMeta, decodePod func() (*slimPod, error), resp *response) string {
 	// Only the creation of a pod itself: its subresources (binding, eviction, ephemeralcontainers)
 	// and updates are not where a pod's environment is set.
-	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.SubResource != "" || req.Operation != "CREATE" {
+	if meta.Kind.Group != "" || meta.Kind.Kind != "Pod" || meta.SubResource != "" || meta.Operation != "CREATE" {
 		return "skipped"
 	}
-	var pod slimPod
-	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(req.Object, &pod); err != nil {
+	pod, err := decodePod()
+	if err != nil {
 		resp.Allowed = false
 		resp.Result = &status{Code: http.StatusBadRequest, Message: "the request's object is not a Pod: " + err.Error()}
 		return "denied"
@@ -200,7 +244,7 @@ func (h *Handler) decide(req *reviewRequest, resp *response) string {
 	if out, _ := pod.optedOut(); out {
 		return "opted_out"
 	}
-	p := h.m.patch(&pod)
+	p := h.m.patch(pod)
 	if p == nil {
 		return "unchanged"
 	}

@@ -220,6 +220,8 @@ func TestNotMutated(t *testing.T) {
 		"update": podReview("v1", "UPDATE", `{"spec":{"containers":[{"name":"a"}]}}`),
 		"not a pod": []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1",` +
 			`"kind":{"group":"apps","version":"v1","kind":"Deployment"},"operation":"CREATE","object":{"spec":{"template":{}}}}}`),
+		"not a pod, object not shaped like one": []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1",` +
+			`"kind":{"group":"apps","version":"v1","kind":"Deployment"},"operation":"CREATE","object":{"spec":{"containers":"x","hostAliases":7}}}}`),
 		"pod subresource": []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1",` +
 			`"kind":{"group":"","version":"v1","kind":"Pod"},"subResource":"ephemeralcontainers","operation":"CREATE","object":{"spec":{"containers":[{}]}}}}`),
 	}

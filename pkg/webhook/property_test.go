@@ -189,7 +189,7 @@ func FuzzHandleReview(f *testing.F) {
 			t.Fatalf("status %d: %s", rec.Code, rec.Body)
 		}
 		d := decodeResponse(t, rec.Body.Bytes())
-		var in review
+		var in review[json.RawMessage]
 		if err := json.Unmarshal(body, &in); err != nil || in.Request == nil {
 			t.Fatalf("answered 200 to a body that is not a review: %s", body)
 		}
