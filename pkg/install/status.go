@@ -185,6 +185,22 @@ func objectStatus(o *unstructured.Unstructured, webhookCA []byte, now time.Time)
 				st.Ready, st.Message = true, "caBundle matches the serving certificate's CA"
 			}
 		}
+	case "Service":
+		ip, _, _ := unstructured.NestedString(o.Object, "spec", "clusterIP")
+		ports, _, _ := unstructured.NestedSlice(o.Object, "spec", "ports")
+		var ps []string
+		for _, p := range ports {
+			if m, ok := p.(map[string]any); ok {
+				ps = append(ps, fmt.Sprintf("%v/%v", m["name"], m["port"]))
+			}
+		}
+		st.Message = "clusterIP " + ip + ", ports " + strings.Join(ps, ",")
+	case "PodDisruptionBudget":
+		// Informational: the disruption controller fills it; not part of readiness.
+		if healthy, found, _ := unstructured.NestedInt64(o.Object, "status", "currentHealthy"); found {
+			want, _, _ := unstructured.NestedInt64(o.Object, "status", "desiredHealthy")
+			st.Message = fmt.Sprintf("%d healthy, %d required", healthy, want)
+		}
 	case "Secret":
 		if o.GetName() == tlsSecretName {
 			data, _, _ := unstructured.NestedStringMap(o.Object, "data")

@@ -222,9 +222,39 @@ func TestInstallLifecycle(t *testing.T) {
 		t.Error("a server dry run changed objects")
 	}
 
+	// A server dry run of the same install: the API server validates everything and persists nothing.
+	out, errOut, err = runApiproxy(t, kc, append(slices.Clone(allRolesArgs), "--dry-run=server", "-o", "json")...)
+	if err != nil || !strings.Contains(out, `"kind": "List"`) {
+		t.Errorf("install --dry-run=server: %v\n%s\n%s", err, errOut, out)
+	}
+	if after := w.resourceVersions(t, expected); !mapsEqual(before, after) {
+		t.Error("install --dry-run=server changed objects")
+	}
+	_, _, err = runApiproxy(t, kc, "install", "-n", "not-there-yet", "--dry-run=server")
+	if err == nil || !strings.Contains(err.Error(), "--dry-run=client") {
+		t.Errorf("server dry run into a missing namespace: err = %v, want a hint", err)
+	}
+
 	t.Run("status and wait", func(t *testing.T) { testStatusAndWait(t, w) })
 	t.Run("liqo IP resource", func(t *testing.T) { testLiqoIP(t, w) })
 	t.Run("webhook mutates pods", func(t *testing.T) { testWebhookMutates(t, w) })
+	t.Run("namespace not ours", func(t *testing.T) {
+		_, errOut, err := runApiproxy(t, kc, "install", "-n", "default", "--create-ip-resource=false")
+		if err != nil || !strings.Contains(errOut, "namespace default exists and was not created by kubectl-apiproxy") {
+			t.Fatalf("install -n default: %v\n%s", err, errOut)
+		}
+		if _, err := cs.AppsV1().Deployments("default").Get(ctx, "apiproxy-proxy", metav1.GetOptions{}); err != nil {
+			t.Fatalf("proxy in default: %v", err)
+		}
+		out, _, err := runApiproxy(t, kc, "uninstall", "-n", "default")
+		if err != nil || strings.Contains(out, "namespace/default") || !strings.Contains(out, "deployment.apps/apiproxy-proxy deleted") {
+			t.Errorf("uninstall -n default: %v\n%s", err, out)
+		}
+		ns, err := cs.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
+		if err != nil || ns.DeletionTimestamp != nil {
+			t.Errorf("uninstall -n default touched the namespace: %v %v", err, ns.DeletionTimestamp)
+		}
+	})
 	t.Run("version skew", func(t *testing.T) {
 		if _, errOut, err := runApiproxy(t, kc, "install", "--image", "registry.example:5000/agent:v9.9.9"); err != nil {
 			t.Fatalf("install --image: %v\n%s", err, errOut)
@@ -334,6 +364,7 @@ func testStatusAndWait(t *testing.T, w *installWorld) {
 		t.Errorf("install --wait when ready: %v\n%s", err, errOut)
 	}
 	out, _, err := runApiproxy(t, kc, "status")
+	t.Logf("status:\n%s", out)
 	if err != nil || !strings.Contains(out, ": ready") || !strings.Contains(out, "caBundle matches") {
 		t.Errorf("status table: %v\n%s", err, out)
 	}
@@ -353,9 +384,15 @@ func testLiqoIP(t *testing.T, w *installWorld) {
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "liqo"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	nsBefore, _ := cs.CoreV1().Namespaces().Get(ctx, install.DefaultNamespace, metav1.GetOptions{})
 	out, errOut, err := runApiproxy(t, kc, "install")
 	if err != nil {
 		t.Fatalf("install with Liqo: %v\n%s", err, errOut)
+	}
+	// Installing the proxy alone keeps the node role's privileged Pod Security level.
+	if nsAfter, _ := cs.CoreV1().Namespaces().Get(ctx, install.DefaultNamespace, metav1.GetOptions{}); nsAfter.ResourceVersion != nsBefore.ResourceVersion ||
+		nsAfter.Labels["pod-security.kubernetes.io/enforce"] != "privileged" {
+		t.Errorf("namespace after a proxy-only install: %v", nsAfter.Labels)
 	}
 	if !strings.Contains(out, "ip.ipam.liqo.io/api-server-proxy serverside-applied") {
 		t.Errorf("install output:\n%s", out)
