@@ -74,6 +74,7 @@ type Options struct {
 	NodeIP        string
 	NodeInterface string
 	SetupIPTables bool
+	Upstream      string
 	UpstreamProxy string
 	APIServerFQDN string
 	APIServerPort int
@@ -167,6 +168,16 @@ func (o *Options) Validate() error {
 		}
 		if o.NodeIP != "" && slices.Contains([]int{nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort}, o.ProxyPort) {
 			errs = append(errs, fmt.Errorf("--proxy-port %d collides with a port the node role uses on %s (%d, %d, %d): pick another", o.ProxyPort, o.NodeIP, nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort))
+		}
+	}
+	if o.Upstream != "" {
+		if host, port, err := net.SplitHostPort(o.Upstream); err != nil || host == "" || port == "" {
+			errs = append(errs, fmt.Errorf("--upstream %q: use HOST:PORT of the API server, e.g. 192.168.1.10:6443 ([::1]:6443 for IPv6)", o.Upstream))
+		} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("--upstream %q: port out of range", o.Upstream))
+		}
+		if !o.Has(RoleProxy) && !o.Has(RoleNode) {
+			errs = append(errs, errors.New("--upstream only applies to the proxy and node roles: add one to --roles or drop the flag"))
 		}
 	}
 	if o.UpstreamProxy != "" {

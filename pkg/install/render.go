@@ -230,7 +230,11 @@ func VersionLabel(v string) string {
 
 // ProxyArgs are the proxy Deployment's agent arguments.
 func ProxyArgs(o Options) []string {
-	return []string{"proxy", "--listen", ":" + strconv.Itoa(o.ProxyPort), "--metrics-addr", ":" + strconv.Itoa(metricsPort)}
+	args := []string{"proxy", "--listen", ":" + strconv.Itoa(o.ProxyPort), "--metrics-addr", ":" + strconv.Itoa(metricsPort)}
+	if o.Upstream != "" {
+		args = append(args, "--upstream", o.Upstream)
+	}
+	return args
 }
 
 // NodeArgs are the node role's `agent node` arguments: the one-shot init container's or the sidecar's.
@@ -252,6 +256,9 @@ func NodeProxyArgs(o Options) []string {
 		"--listen", net.JoinHostPort(o.NodeIP, strconv.Itoa(o.ProxyPort)),
 		"--listen-tcp", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeForwardPort)),
 		"--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeProxyMetricsPort)),
+	}
+	if o.Upstream != "" {
+		args = append(args, "--upstream", o.Upstream)
 	}
 	if o.UpstreamProxy != "" {
 		args = append(args, "--upstream-proxy", o.UpstreamProxy)

@@ -149,6 +149,7 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 		o.Roles = []Role{RoleNode}
 		o.SetupIPTables = iptables
 		o.UpstreamProxy = "http://10.81.0.3:8118"
+		o.Upstream = "192.168.1.10:6443"
 		objs := renderAll(t, o)
 		var ds appsv1.DaemonSet
 		find(t, objs, "DaemonSet", "apiproxy-node", &ds)
@@ -179,7 +180,7 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 				t.Errorf("iptables=%v: %s mounts = %v", iptables, c.Name, c.VolumeMounts)
 			}
 		}
-		want := []string{"proxy", "--listen", "10.96.0.2:8118", "--listen-tcp", "10.96.0.2:443", "--metrics-addr", "10.96.0.2:9191", "--upstream-proxy", "http://10.81.0.3:8118"}
+		want := []string{"proxy", "--listen", "10.96.0.2:8118", "--listen-tcp", "10.96.0.2:443", "--metrics-addr", "10.96.0.2:9191", "--upstream", "192.168.1.10:6443", "--upstream-proxy", "http://10.81.0.3:8118"}
 		if !slices.Equal(proxy.Args, want) {
 			t.Errorf("forwarder args = %v, want %v", proxy.Args, want)
 		}
@@ -249,6 +250,7 @@ func TestRenderedArgsParseWithTheAgentCommands(t *testing.T) {
 	o := allRolesOptions()
 	o.SetupIPTables = true
 	o.UpstreamProxy = "http://10.81.0.3:8118"
+	o.Upstream = "[fd00::1]:6443"
 	var checked int
 	for _, obj := range renderAll(t, o) {
 		for _, field := range []string{"initContainers", "containers"} {
@@ -288,6 +290,8 @@ func TestValidateSaysWhatToFix(t *testing.T) {
 		{"upstream proxy scheme", func(o *Options) { o.Roles = []Role{RoleNode}; o.UpstreamProxy = "10.0.0.1:8118" }, "http://HOST:PORT"},
 		{"upstream proxy without node", func(o *Options) { o.UpstreamProxy = "http://10.81.0.3:8118" }, "node role"},
 		{"host alias", func(o *Options) { o.Roles = []Role{RoleWebhook}; o.APIServerFQDN = "a.b"; o.HostAliasIP = "x" }, "--host-alias-ip"},
+		{"upstream", func(o *Options) { o.Upstream = "10.0.0.1" }, "--upstream"},
+		{"upstream without proxy or node", func(o *Options) { o.Roles = []Role{RoleWebhook}; o.APIServerFQDN = "a.b"; o.Upstream = "10.0.0.1:6443" }, "proxy and node roles"},
 		{"create ip", func(o *Options) { o.CreateIP = "maybe" }, "auto, true or false"},
 		{"namespace", func(o *Options) { o.Namespace = "Bad_NS" }, "namespace"},
 		{"image", func(o *Options) { o.Image = "" }, "--image"},

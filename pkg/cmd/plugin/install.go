@@ -77,6 +77,7 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 	f.StringVar(&o.NodeIP, "node-ip", o.NodeIP, "node role: the IP every node serves the API server on (port 443)")
 	f.StringVar(&o.NodeInterface, "node-interface", o.NodeInterface, "node role: the interface holding --node-ip; a dedicated dummy device is created when missing (avoid lo: Cilium ignores host-scoped addresses there)")
 	f.BoolVar(&o.SetupIPTables, "setup-iptables", false, "node role: also install NOTRACK/ACCEPT rules for --node-ip:443 (iptables and ip6tables)")
+	f.StringVar(&o.Upstream, "upstream", "", "proxy and node roles: the API server HOST:PORT to forward to (default: the in-cluster kubernetes Service, from KUBERNETES_SERVICE_HOST/PORT); set it so the node role does not depend on kube-proxy")
 	f.StringVar(&o.UpstreamProxy, "upstream-proxy", "", "node role: send the forwarder's traffic through this CONNECT proxy, http://HOST:PORT (a peer cluster's proxy through the fabric)")
 	f.StringVar(&o.APIServerFQDN, "apiserver-fqdn", "", "webhook role: the API server name injected as KUBERNETES_SERVICE_HOST (required with the webhook role)")
 	f.IntVar(&o.APIServerPort, "apiserver-port", 0, "webhook role: also inject KUBERNETES_SERVICE_PORT and KUBERNETES_PORT* with this port (0: leave them)")
