@@ -44,6 +44,9 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 		}
 		select {
 		case <-ctx.Done():
+			if ctx.Err() == context.Canceled {
+				return fmt.Errorf("interrupted while waiting for the agents in namespace %s; check later with: kubectl apiproxy status -n %s", namespace, namespace)
+			}
 			return timeoutError(context.WithoutCancel(ctx), c, namespace, timeout, pending)
 		case <-tick.C:
 		}
