@@ -72,7 +72,7 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 	}
 	f := cmd.Flags()
 	f.StringSliceVar(&o.roles, "roles", []string{"proxy"}, "Roles to install, comma separated: proxy, node, webhook")
-	f.StringVar(&o.Image, "image", o.Image, "Agent image (default: the image of this plugin's release)")
+	f.StringVar(&o.Image, "image", o.Image, "Agent image; the default is the image of this plugin's own release")
 	f.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port of the CONNECT proxy (container, Service, and the node forwarder's CONNECT listener)")
 	f.StringVar(&o.NodeIP, "node-ip", o.NodeIP, "node role: the IP every node serves the API server on (port 443)")
 	f.StringVar(&o.NodeInterface, "node-interface", o.NodeInterface, "node role: the interface holding --node-ip; a dedicated dummy device is created when missing (avoid lo: Cilium ignores host-scoped addresses there)")
