@@ -64,7 +64,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]io.Closer // what Shutdown closes: the conn, then its tunnel
 	draining  bool
 	wg        sync.WaitGroup
 }
@@ -93,7 +93,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, m: m, listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+	s := &Server{cfg: cfg, m: m, listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]io.Closer{}}
 	var base tunnel.ContextDialer = &net.Dialer{KeepAlive: cfg.KeepAlive}
 	if cfg.Dialer != nil {
 		base = cfg.Dialer
@@ -123,6 +123,8 @@ func (s *Server) Serve(l net.Listener) error { return s.serve(l, s.handleConnect
 // ServeTCP accepts raw TCP connections on l and relays each to the upstream (transparent listener).
 func (s *Server) ServeTCP(l net.Listener) error { return s.serve(l, s.handleTCP) }
 
+// serve accepts on l. Each connection's handler owns it from then on and must end with s.done,
+// either itself or, once the tunnel is relaying, from the relay's completion.
 func (s *Server) serve(l net.Listener, handle func(net.Conn)) error {
 	if !s.track(l) {
 		l.Close()
@@ -151,10 +153,7 @@ func (s *Server) serve(l net.Listener, handle func(net.Conn)) error {
 			c.Close()
 			continue
 		}
-		go func() {
-			defer s.untrackConn(c)
-			handle(c)
-		}()
+		go handle(c)
 	}
 }
 
@@ -180,7 +179,7 @@ func (s *Server) trackConn(c net.Conn) bool {
 	if s.draining {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = c
 	s.wg.Add(1)
 	return true
 }
@@ -228,7 +227,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
-	for c := range s.conns {
+	for _, c := range s.conns {
 		c.Close()
 	}
 	s.mu.Unlock()
@@ -259,7 +258,9 @@ type tunnelLog struct {
 	err                             error
 }
 
-func (s *Server) finish(c net.Conn, tl *tunnelLog) {
+// done settles a finished connection: its metric, its log line, and the drain bookkeeping.
+func (s *Server) done(c net.Conn, tl *tunnelLog) {
+	defer s.untrackConn(c)
 	s.m.total.WithLabelValues(tl.kind, tl.result).Inc()
 	kv := []any{"listener", tl.kind, "peer", c.RemoteAddr().String(), "authority", tl.authority,
 		"dialed", tl.dialed, "bytesUp", tl.up, "bytesDown", tl.down,
@@ -272,7 +273,17 @@ func (s *Server) finish(c net.Conn, tl *tunnelLog) {
 
 func (s *Server) handleConnect(c net.Conn) {
 	tl := &tunnelLog{kind: KindConnect, start: time.Now()}
-	defer s.finish(c, tl)
+	acquired := false
+	handedOff := false
+	defer func() {
+		if handedOff {
+			return
+		}
+		if acquired {
+			s.release()
+		}
+		s.done(c, tl)
+	}()
 
 	_ = c.SetReadDeadline(tl.start.Add(s.cfg.HeaderTimeout))
 	br := readerPool.Get().(*bufio.Reader)
@@ -312,7 +323,7 @@ func (s *Server) handleConnect(c net.Conn) {
 		s.reject(c, http.StatusServiceUnavailable, fmt.Sprintf("too many tunnels (max %d)", s.cfg.MaxTunnels))
 		return
 	}
-	defer s.release()
+	acquired = true
 
 	target := s.cfg.Upstream
 	if s.cfg.Allow.Allows(req.Host, req.Port) {
@@ -353,18 +364,18 @@ func (s *Server) handleConnect(c net.Conn) {
 		}
 	}
 	release() // no per-tunnel buffer from here on
+	handedOff = true
 	s.relay(c, up, tl)
 }
 
 func (s *Server) handleTCP(c net.Conn) {
 	tl := &tunnelLog{kind: KindTCP, start: time.Now()}
-	defer s.finish(c, tl)
 	if !s.acquire() {
 		tl.result = ResultOverCapacity
 		c.Close()
+		s.done(c, tl)
 		return
 	}
-	defer s.release()
 	tl.dialed = s.cfg.Upstream
 	up, status, err := s.dial(s.cfg.Upstream)
 	if err != nil {
@@ -374,36 +385,53 @@ func (s *Server) handleTCP(c net.Conn) {
 			tl.result = ResultDialTimeout
 		}
 		c.Close()
+		s.release()
+		s.done(c, tl)
 		return
 	}
 	s.relay(c, up, tl)
 }
 
+// relay hands the tunnel to its two relay goroutines and returns: the handler's goroutine (and the
+// stack that parsing and dialing grew) ends here. The slot, metrics and log line are settled when
+// the tunnel is over.
 func (s *Server) relay(c, up net.Conn, tl *tunnelLog) {
 	active := s.m.active.WithLabelValues(tl.kind)
 	active.Inc()
-	defer active.Dec()
-	res := tunnel.Relay(c, up, tunnel.RelayOptions{
+	t := tunnel.Start(c, up, tunnel.RelayOptions{
 		IdleTimeout: s.cfg.IdleTimeout,
-		Progress: func(toUpstream bool, n int64) {
-			if toUpstream {
-				s.m.bytesUp.Add(float64(n))
-			} else {
-				s.m.bytesDn.Add(float64(n))
-			}
-		},
+		Progress:    s.progress,
+		// Idle tunnels wait without a goroutine; they are then closed only through t.Close.
+		ParkIdle: true,
+	}, func(res tunnel.RelayResult) {
+		active.Dec()
+		s.release()
+		tl.up += res.AToB
+		tl.down = res.BToA
+		switch {
+		case res.Idle:
+			tl.result = ResultIdle
+		case res.Closed:
+			tl.result = ResultDrained
+		case res.Err != nil:
+			tl.result, tl.err = ResultRelayError, res.Err
+		default:
+			tl.result = ResultOK
+		}
+		s.done(c, tl)
 	})
-	tl.up += res.AToB
-	tl.down = res.BToA
-	switch {
-	case res.Idle:
-		tl.result = ResultIdle
-	case res.Err != nil && s.isDraining() && errors.Is(res.Err, net.ErrClosed):
-		tl.result, tl.err = ResultDrained, res.Err
-	case res.Err != nil:
-		tl.result, tl.err = ResultRelayError, res.Err
-	default:
-		tl.result = ResultOK
+	s.mu.Lock()
+	if _, ok := s.conns[c]; ok {
+		s.conns[c] = t
+	}
+	s.mu.Unlock()
+}
+
+func (s *Server) progress(toUpstream bool, n int64) {
+	if toUpstream {
+		s.m.bytesUp.Add(float64(n))
+	} else {
+		s.m.bytesDn.Add(float64(n))
 	}
 }
 

@@ -153,8 +153,14 @@ func handshake(ctx context.Context, conn net.Conn, proxy, target string, hdr htt
 }
 
 func handshakeErr(ctx context.Context, proxy, target string, err error) error {
-	if ctx.Err() != nil {
+	var ne net.Error
+	_, hasDeadline := ctx.Deadline()
+	switch {
+	case ctx.Err() != nil:
 		err = ctx.Err()
+	case hasDeadline && errors.As(err, &ne) && ne.Timeout():
+		// The connection's deadline (ctx's) fired a hair before ctx's own timer.
+		err = context.DeadlineExceeded
 	}
 	return fmt.Errorf("CONNECT %s via proxy %s: %w", target, proxy, err)
 }

@@ -20,6 +20,10 @@ type RelayOptions struct {
 	IdleTimeout time.Duration
 	// Progress, when set, is called after each chunk relayed, from the relaying goroutines.
 	Progress func(aToB bool, n int64)
+	// ParkIdle lets idle TCP directions wait on a shared epoll instance instead of a goroutine each,
+	// which makes an idle tunnel much smaller. It is ignored when IdleTimeout is set. With it, the
+	// connections must not be closed directly while the tunnel runs: use Tunnel.Close.
+	ParkIdle bool
 }
 
 // RelayResult is what Relay moved and why it stopped.
@@ -29,6 +33,8 @@ type RelayResult struct {
 	Err error
 	// Idle is true when the idle timeout closed the tunnel.
 	Idle bool
+	// Closed is true when Tunnel.Close cut it.
+	Closed bool
 }
 
 // Relay copies a→b and b→a until both directions reach EOF, then closes both connections.
@@ -38,38 +44,206 @@ type RelayResult struct {
 // Idle tunnels are cheap: between chunks a direction parks on the poller without holding a buffer,
 // and TCP-to-TCP chunks move with splice(2) through the runtime's pooled pipes.
 func Relay(a, b net.Conn, opts RelayOptions) RelayResult {
-	r := &relay{a: a, b: b, opts: opts}
+	ch := make(chan RelayResult, 1)
+	Start(a, b, opts, func(r RelayResult) { ch <- r })
+	return <-ch
+}
+
+// Start is Relay without waiting: it returns at once and calls done (on a relay goroutine) when
+// the tunnel is over. A server's handshake goroutine can thus end before the tunnel does, so an idle
+// tunnel holds only the two small stacks of its direction goroutines, not the deeper stack that
+// parsing and dialing grew.
+func Start(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel {
+	if opts.IdleTimeout > 0 {
+		opts.ParkIdle = false // deadlines need a goroutine waiting
+	}
+	r := &relay{a: a, b: b, opts: opts, done: done}
 	r.last.Store(time.Now().UnixNano())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var bToA int64
-	var errBA error
-	go func() {
-		defer wg.Done()
-		bToA, errBA = r.half(a, b, false)
-	}()
-	aToB, errAB := r.half(b, a, true)
-	wg.Wait()
-	a.Close()
-	b.Close()
-	res := RelayResult{AToB: aToB, BToA: bToA, Idle: r.idle.Load()}
-	if !res.Idle {
+	r.pending.Store(2)
+	// Both directions exist before either runs: a Close may look at them at any time.
+	r.dirs[0] = &direction{r: r, dst: unwrap(a), src: unwrap(b), orig: b}
+	r.dirs[1] = &direction{r: r, dst: unwrap(b), src: unwrap(a), orig: a, aToB: true}
+	go r.dirs[1].run()
+	go r.dirs[0].run()
+	return &Tunnel{r: r}
+}
+
+// Tunnel is a running relay.
+type Tunnel struct{ r *relay }
+
+// Close aborts the tunnel: both connections are closed and done is called once both directions
+// have stopped.
+func (t *Tunnel) Close() error {
+	t.r.closed.Store(true)
+	t.r.abort(nil)
+	return nil
+}
+
+// direction is one way of a tunnel.
+type direction struct {
+	r        *relay
+	dst, src net.Conn // unwrapped
+	orig     net.Conn // src as given, maybe with bytes already read
+	rc       syscall.RawConn
+	aToB     bool
+	total    int64
+	fd       int  // src's descriptor, for parking (valid until the tunnel closes)
+	parked   bool // guarded by idle.mu
+}
+
+func (d *direction) run() {
+	r := d.r
+	if bc, ok := d.orig.(*bufferedConn); ok && len(bc.buf) > 0 {
+		// Bytes that arrived with the CONNECT response go first.
+		n, err := d.dst.Write(bc.buf)
+		d.count(int64(n))
+		bc.buf = nil
+		if err != nil {
+			d.finish(err)
+			return
+		}
+	}
+	if sc, ok := d.src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			d.rc = rc
+			if r.opts.ParkIdle {
+				d.fd = -1
+				_ = rc.Control(func(fd uintptr) { d.fd = int(fd) })
+			}
+			if r.opts.IdleTimeout > 0 {
+				_ = d.src.SetReadDeadline(time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout))
+			}
+			d.loop()
+			return
+		}
+	}
+	d.finish(r.copyBuffered(d.dst, d.src, d.count))
+}
+
+func (d *direction) count(n int64) {
+	if n <= 0 {
+		return
+	}
+	d.total += n
+	d.r.last.Store(time.Now().UnixNano())
+	if d.r.opts.Progress != nil {
+		d.r.opts.Progress(d.aToB, n)
+	}
+}
+
+// loop moves what src has queued, and when nothing is, waits for more: parked on the shared epoll
+// (no goroutine at all) when allowed, else on this goroutine. In that case it goes on in a fresh
+// goroutine after each burst, since copying may have grown this one's stack and the runtime only
+// shrinks stacks at GC time: an idle direction should wait on the smallest stack there is.
+func (d *direction) loop() {
+	park := d.r.opts.ParkIdle && d.fd >= 0
+	for {
+		avail, eof, err := probe(d.rc, !park)
+		if err != nil {
+			if d.r.stillBusy(d.src, err) {
+				continue
+			}
+			d.finish(err)
+			return
+		}
+		if eof {
+			d.finish(nil)
+			return
+		}
+		if avail == 0 {
+			// Only when parking (a waiting probe returns data, EOF or an error).
+			if idle.park(d) {
+				return
+			}
+			park = false
+			continue
+		}
+		n, err := d.burst(avail)
+		d.count(n)
+		if err != nil && !d.r.stillBusy(d.src, err) {
+			d.finish(err)
+			return
+		}
+		if !park {
+			// Unread bytes, if any, are still queued in src: nothing is lost by going around.
+			go d.loop()
+			return
+		}
+	}
+}
+
+// burst moves avail queued bytes (or, when the queue length is unknown, one read's worth).
+func (d *direction) burst(avail int) (int64, error) {
+	if avail > 0 {
+		// Exactly what is queued: the copy never blocks on src, so nothing is held once it is
+		// drained. TCP to TCP, the runtime splices through a pooled pipe.
+		return io.Copy(d.dst, &io.LimitedReader{R: d.src, N: int64(avail)})
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	m, err := d.src.Read(*bp)
+	if m == 0 {
+		if err == io.EOF {
+			err = errEOFInBurst
+		}
+		return 0, err
+	}
+	w, werr := d.dst.Write((*bp)[:m])
+	return int64(w), werr
+}
+
+// errEOFInBurst: src reached EOF where the probe expected data; waitReadable reports it next time.
+var errEOFInBurst = errors.New("eof")
+
+// finish ends a direction: on EOF it half-closes dst, on failure it aborts the tunnel. The last
+// direction to finish closes both connections and reports.
+func (d *direction) finish(err error) {
+	r := d.r
+	if errors.Is(err, errEOFInBurst) {
+		err = nil
+	}
+	if err != nil {
+		r.abort(err)
+	} else if cwErr := closeWrite(d.dst); cwErr != nil {
+		// No half-close on this kind of connection: the peer only learns about EOF by a full close.
+		r.abort(nil)
+	}
+	if d.aToB {
+		r.aToB = d.total
+	} else {
+		r.bToA = d.total
+	}
+	if r.pending.Add(-1) != 0 {
+		return
+	}
+	// Last direction out: both counters are final (the atomic orders the other's write before).
+	r.a.Close()
+	r.b.Close()
+	res := RelayResult{AToB: r.aToB, BToA: r.bToA, Idle: r.idle.Load(), Closed: r.closed.Load()}
+	if !res.Idle && !res.Closed {
 		if e := r.firstErr.Load(); e != nil {
 			res.Err = *e
 		}
 	}
-	_ = errAB
-	_ = errBA
-	return res
+	if r.done != nil {
+		r.done(res)
+	}
 }
 
 type relay struct {
-	a, b     net.Conn
-	opts     RelayOptions
-	last     atomic.Int64 // unix nanos of the last chunk, either direction
-	idle     atomic.Bool
-	aborted  atomic.Bool
-	firstErr atomic.Pointer[error]
+	a, b       net.Conn
+	opts       RelayOptions
+	done       func(RelayResult)
+	pending    atomic.Int32
+	aToB, bToA int64
+	last       atomic.Int64 // unix nanos of the last chunk, either direction
+	idle       atomic.Bool
+	closed     atomic.Bool
+	aborted    atomic.Bool
+	firstErr   atomic.Pointer[error]
+
+	dirs    [2]*direction // b→a, a→b; set before the directions start
+	closing bool          // guarded by idle.mu
 }
 
 // abort records err (unless the tunnel is already being torn down) and closes both sides so the
@@ -81,112 +255,21 @@ func (r *relay) abort(err error) {
 	if err != nil {
 		r.firstErr.Store(&err)
 	}
+	if r.opts.ParkIdle {
+		idle.closeTunnel(r)
+		return
+	}
 	r.a.Close()
 	r.b.Close()
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// half copies src to dst until EOF (then half-closes dst) or failure (then aborts the tunnel).
-func (r *relay) half(dst, src net.Conn, aToB bool) (int64, error) {
-	var total int64
-	count := func(n int64) {
-		if n <= 0 {
-			return
-		}
-		total += n
-		r.last.Store(time.Now().UnixNano())
-		if r.opts.Progress != nil {
-			r.opts.Progress(aToB, n)
-		}
-	}
-	if bc, ok := src.(*bufferedConn); ok {
-		// Bytes that arrived with the CONNECT response go first.
-		if len(bc.buf) > 0 {
-			n, err := unwrap(dst).Write(bc.buf)
-			count(int64(n))
-			bc.buf = nil
-			if err != nil {
-				r.abort(err)
-				return total, err
-			}
-		}
-	}
-	err := r.copy(unwrap(dst), unwrap(src), count)
-	if err != nil {
-		r.abort(err)
-		return total, err
-	}
-	if cwErr := closeWrite(unwrap(dst)); cwErr != nil {
-		// No half-close on this kind of connection: the peer only learns about EOF by a full close.
-		r.abort(nil)
-	}
-	return total, nil
-}
-
 func unwrap(c net.Conn) net.Conn {
 	if bc, ok := c.(*bufferedConn); ok {
 		return bc.Conn
 	}
 	return c
-}
-
-// copy moves bytes until src says EOF (nil) or fails.
-func (r *relay) copy(dst, src net.Conn, count func(int64)) error {
-	sc, ok := src.(syscall.Conn)
-	if !ok {
-		return r.copyBuffered(dst, src, count)
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return r.copyBuffered(dst, src, count)
-	}
-	if r.opts.IdleTimeout > 0 {
-		_ = src.SetReadDeadline(time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout))
-	}
-	for {
-		avail, eof, err := waitReadable(rc)
-		if err != nil {
-			if r.stillBusy(src, err) {
-				continue
-			}
-			return err
-		}
-		if eof {
-			return nil
-		}
-		var n int64
-		if avail > 0 {
-			// Exactly what is queued: the copy never blocks on src, so nothing is held once it
-			// is drained. TCP to TCP, the runtime splices through a pooled pipe.
-			n, err = io.Copy(dst, &io.LimitedReader{R: src, N: int64(avail)})
-		} else {
-			// Could not learn the queue length: one buffered read.
-			bp := bufPool.Get().(*[]byte)
-			var m int
-			m, err = src.Read(*bp)
-			if m > 0 {
-				var w int
-				w, err2 := dst.Write((*bp)[:m])
-				n = int64(w)
-				if err2 != nil {
-					err = err2
-				}
-			} else if err == io.EOF {
-				err = nil
-				bufPool.Put(bp)
-				return nil
-			}
-			bufPool.Put(bp)
-		}
-		count(n)
-		if err != nil {
-			if r.stillBusy(src, err) {
-				continue // nothing was lost: unread bytes are still queued in src
-			}
-			return err
-		}
-	}
 }
 
 // stillBusy handles the idle deadline expiring on src: when a byte moved (either way) within the
@@ -206,9 +289,10 @@ func (r *relay) stillBusy(src net.Conn, err error) bool {
 	return false
 }
 
-// waitReadable parks until src has bytes queued (avail > 0), reached EOF, or failed, without a
-// buffer. avail is -1 when the kernel did not tell the queue length.
-func waitReadable(rc syscall.RawConn) (avail int, eof bool, err error) {
+// probe tells, without a buffer, whether src has bytes queued (avail > 0), reached EOF, or failed.
+// With wait, it parks the goroutine on the runtime poller until one of these holds; without, avail
+// 0 means nothing yet. avail is -1 when the kernel did not tell the queue length.
+func probe(rc syscall.RawConn, wait bool) (avail int, eof bool, err error) {
 	var probeErr error
 	err = rc.Read(func(fd uintptr) bool {
 		n, ierr := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
@@ -225,7 +309,7 @@ func waitReadable(rc syscall.RawConn) (avail int, eof bool, err error) {
 		m, _, rerr := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
 		case rerr == unix.EAGAIN || rerr == unix.EINTR:
-			return false
+			return !wait
 		case rerr != nil:
 			probeErr = os.NewSyscallError("recvfrom", rerr)
 			return true

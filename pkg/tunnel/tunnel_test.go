@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -286,5 +287,77 @@ func TestRelayAbortsBothOnReset(t *testing.T) {
 	server.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := server.Read(make([]byte, 1)); err == nil {
 		t.Fatal("server side not closed")
+	}
+}
+
+func TestParkedRelayBulkHalfCloseAndReset(t *testing.T) {
+	// The same behaviour with idle directions parked on epoll instead of a goroutine.
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	done := make(chan RelayResult, 1)
+	Start(a, b, RelayOptions{ParkIdle: true}, func(r RelayResult) { done <- r })
+	up := make([]byte, 2<<20)
+	rand.Read(up)
+	go func() {
+		time.Sleep(50 * time.Millisecond) // let the directions park first
+		client.Write(up)
+		client.(*net.TCPConn).CloseWrite()
+	}()
+	got, _ := io.ReadAll(server)
+	if !bytes.Equal(got, up) {
+		t.Fatalf("relayed %d of %d bytes, or corrupted", len(got), len(up))
+	}
+	server.Write([]byte("late answer"))
+	server.(*net.TCPConn).CloseWrite()
+	back, _ := io.ReadAll(client)
+	if string(back) != "late answer" {
+		t.Fatalf("got %q", back)
+	}
+	if res := <-done; res.Err != nil || res.AToB != int64(len(up)) || res.BToA != 11 {
+		t.Fatalf("%+v", res)
+	}
+}
+
+func TestParkedIdleTunnelsHoldNoGoroutine(t *testing.T) {
+	const n = 50
+	before := runtime.NumGoroutine()
+	var tunnels []*Tunnel
+	var clients []net.Conn
+	done := make(chan RelayResult, n)
+	for i := 0; i < n; i++ {
+		client, a := tcpPair(t)
+		b, server := tcpPair(t)
+		tunnels = append(tunnels, Start(a, b, RelayOptions{ParkIdle: true}, func(r RelayResult) { done <- r }))
+		clients = append(clients, client)
+		// One byte each way, then idle.
+		client.Write([]byte{1})
+		server.Read(make([]byte, 1))
+		server.Write([]byte{2})
+		client.Read(make([]byte, 1))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine()-before > 5 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if extra := runtime.NumGoroutine() - before; extra > 5 {
+		t.Fatalf("%d idle tunnels hold %d goroutines", n, extra)
+	}
+	// Close cuts parked tunnels: done is reported and the peers see the close.
+	for _, tn := range tunnels {
+		tn.Close()
+	}
+	for i := 0; i < n; i++ {
+		select {
+		case res := <-done:
+			if !res.Closed {
+				t.Fatalf("%+v", res)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d of %d closed tunnels reported", i, n)
+		}
+	}
+	clients[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := clients[0].Read(make([]byte, 1)); err == nil {
+		t.Fatal("client still connected")
 	}
 }
