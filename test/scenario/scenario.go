@@ -52,6 +52,9 @@ type Options struct {
 	Aggregation bool
 	// Dir receives the merged kubeconfig and the proxy's log.
 	Dir string
+	// ExtraArgs are extra kube-apiserver flags per cluster name ("cl01", "cl02"), e.g. a node
+	// stand-in's (test/harness/nodestandin).
+	ExtraArgs map[string]map[string][]string
 }
 
 // Scenario is the running setup.
@@ -77,10 +80,10 @@ func Up(c harness.Cleaner, assets string, opts Options) (*Scenario, error) {
 	}
 	ch := make(chan started, 2)
 	go func() {
-		cl, err := harness.StartWith(c, assets, harness.Options{Name: "cl01", CRDs: crds})
+		cl, err := harness.StartWith(c, assets, harness.Options{Name: "cl01", CRDs: crds, ExtraArgs: opts.ExtraArgs["cl01"]})
 		ch <- started{cl, err}
 	}()
-	cl02, err := harness.StartWith(c, assets, harness.Options{Name: "cl02", CRDs: crds, Aggregation: opts.Aggregation})
+	cl02, err := harness.StartWith(c, assets, harness.Options{Name: "cl02", CRDs: crds, Aggregation: opts.Aggregation, ExtraArgs: opts.ExtraArgs["cl02"]})
 	r := <-ch
 	if err = errors.Join(err, r.err); err != nil {
 		return nil, err

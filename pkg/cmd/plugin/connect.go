@@ -19,6 +19,7 @@ import (
 
 	"github.com/apiproxy/apiproxy/pkg/cmd/cmdutil"
 	"github.com/apiproxy/apiproxy/pkg/connect"
+	"github.com/apiproxy/apiproxy/pkg/install"
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
 
@@ -35,7 +36,11 @@ const connectExample = `  # cl02 is the current context; cl01 is the peer whose 
   kubectl apiproxy connect --context cl02 --remote cl01 --merge
 
   # Skip the address computation when you know the proxy URL:
-  kubectl apiproxy connect --context cl02 --proxy-url http://10.81.0.3:8118`
+  kubectl apiproxy connect --context cl02 --proxy-url http://10.81.0.3:8118
+
+  # This machine reaches cl01's API server but not the fabric: relay through cl01's proxy
+  # (a port-forward to its pod; needs pods/portforward in apiproxy-system of cl01):
+  kubectl apiproxy connect --context cl02 --remote cl01 --via cl01 -- kubectl get ns`
 
 // ConnectOptions are the options of `kubectl apiproxy connect`.
 type ConnectOptions struct {
@@ -54,6 +59,11 @@ type ConnectOptions struct {
 	TLSServerName string
 	DialTimeout   time.Duration
 	Command       []string
+
+	// Via is the context whose API server and proxy pods relay the tunnels (port-forward, then
+	// CONNECT to the remote proxy), for machines that reach that cluster but not the fabric.
+	Via          string
+	ViaNamespace string
 
 	target   *connect.Target
 	proxyURL string // resolved, http://HOST:PORT
@@ -93,6 +103,8 @@ never sees your credentials.`,
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:0", "Local address of the tunnelling listener")
 	f.StringVar(&o.TLSServerName, "tls-server-name", "", "Name to verify the API server's certificate against (default: the context's server host)")
 	f.DurationVar(&o.DialTimeout, "dial-timeout", 10*time.Second, "Timeout to reach the proxy and open a tunnel (TCP dial plus CONNECT)")
+	f.StringVar(&o.Via, "via", "", "Relay through this context's cluster: port-forward (through its API server) to its apiproxy proxy pod, which CONNECTs to the proxy address (needs pods/portforward there)")
+	f.StringVar(&o.ViaNamespace, "via-namespace", install.DefaultNamespace, "Namespace of the proxy's pods in the --via cluster")
 	return cmd
 }
 
@@ -130,6 +142,12 @@ func (o *ConnectOptions) Validate() error {
 	}
 	if modes > 1 {
 		return errors.New("--print-kubeconfig, --write-kubeconfig and --merge are exclusive: pick one")
+	}
+	if modes == 1 && o.Via != "" {
+		return fmt.Errorf("--via cannot be combined with --print-kubeconfig, --write-kubeconfig or --merge: a kubeconfig's proxy-url names one proxy and cannot express the port-forward hop through %q; use the local listener (the default) or \"-- COMMAND\"", o.Via)
+	}
+	if o.ViaNamespace == "" {
+		return errors.New("--via-namespace must not be empty")
 	}
 	if modes == 1 && len(o.Command) > 0 {
 		return errors.New("a command after \"--\" runs against the local listener: drop --print-kubeconfig/--write-kubeconfig/--merge")
@@ -217,13 +235,32 @@ func (o *ConnectOptions) dialer() func(context.Context) (net.Conn, error) {
 }
 
 func (o *ConnectOptions) serve(ctx context.Context) error {
-	if _, err := o.target.Authority(); err != nil {
+	authority, err := o.target.Authority()
+	if err != nil {
 		return err
 	}
 	dial := o.dialer()
+	describe := func(err error) error { return connect.DescribeDialError(err, o.proxyURL) }
+	if o.Via != "" {
+		relay, err := o.relay()
+		if err != nil {
+			return err
+		}
+		defer relay.Close()
+		remote, _ := tunnel.ProxyHostPort(o.proxyURL)
+		vd := &connect.ViaDialer{Relay: relay, RemoteProxy: remote, Timeout: o.DialTimeout}
+		dial = func(ctx context.Context) (net.Conn, error) { return vd.DialContext(ctx, "tcp", authority) }
+		// Relay errors already name their hop.
+		describe = func(err error) error { return err }
+	}
 	// Fail fast, naming the hop, before anyone relies on the listener.
 	cctx, cancel := context.WithTimeout(ctx, o.DialTimeout+5*time.Second)
-	err := connect.Check(cctx, dial, o.target, o.TLSServerName, o.proxyURL)
+	first, err := dial(cctx)
+	if err == nil {
+		err = connect.Check(cctx, func(context.Context) (net.Conn, error) { return first, nil }, o.target, o.TLSServerName, o.proxyURL)
+	} else {
+		err = describe(err)
+	}
 	cancel()
 	if err != nil {
 		return err
@@ -249,12 +286,16 @@ func (o *ConnectOptions) serve(ctx context.Context) error {
 	defer stop()
 	fwd := &connect.Forwarder{
 		Listener: l, Dial: dial, DialTimeout: o.DialTimeout,
-		OnError: func(err error) { fmt.Fprintln(o.ErrOut, "tunnel:", connect.DescribeDialError(err, o.proxyURL)) },
+		OnError: func(err error) { fmt.Fprintln(o.ErrOut, "tunnel:", describe(err)) },
 	}
 	served := make(chan error, 1)
 	go func() { served <- fwd.Serve(ctx) }()
 
-	fmt.Fprintf(o.ErrOut, "Tunnelling %s to %s (context %q) through proxy %s\n", l.Addr(), o.target.Server(), o.target.ContextName, o.proxyURL)
+	if o.Via != "" {
+		fmt.Fprintf(o.ErrOut, "Tunnelling %s to %s (context %q) through proxy %s, relayed by context %q's proxy (namespace %s)\n", l.Addr(), o.target.Server(), o.target.ContextName, o.proxyURL, o.Via, o.ViaNamespace)
+	} else {
+		fmt.Fprintf(o.ErrOut, "Tunnelling %s to %s (context %q) through proxy %s\n", l.Addr(), o.target.Server(), o.target.ContextName, o.proxyURL)
+	}
 	if len(o.Command) == 0 {
 		fmt.Fprintf(o.ErrOut, "Use it with the kubeconfig below; Ctrl-C to stop.\n")
 		fmt.Fprintf(o.Out, "export KUBECONFIG=%s\n", kubeconfig)
@@ -266,6 +307,31 @@ func (o *ConnectOptions) serve(ctx context.Context) error {
 		}
 	}
 	return o.runCommand(ctx, kubeconfig, stop, served)
+}
+
+// relay builds the port-forward relay into the --via context's proxy pods (same kubeconfig files as
+// the current context).
+func (o *ConnectOptions) relay() (*connect.Relay, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if o.configFlags.KubeConfig != nil && *o.configFlags.KubeConfig != "" {
+		rules.ExplicitPath = *o.configFlags.KubeConfig
+	}
+	raw, err := rules.Load()
+	if err != nil {
+		return nil, fmt.Errorf("loading the kubeconfig for --via: %w", err)
+	}
+	if err := checkContext(raw, o.Via, "--via", "the kubeconfig"); err != nil {
+		return nil, err
+	}
+	cfg, err := clientcmd.NewNonInteractiveClientConfig(*raw, o.Via, &clientcmd.ConfigOverrides{}, rules).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("client configuration of the --via context %q: %w", o.Via, err)
+	}
+	return &connect.Relay{
+		Config: cfg, Context: o.Via, Namespace: o.ViaNamespace, Port: o.address.ProxyPort,
+		Selector: install.LabelPartOf + "=" + install.PartOf + "," + install.LabelComponent + "=proxy",
+		Log:      func(format string, args ...any) { fmt.Fprintf(o.ErrOut, format+"\n", args...) },
+	}, nil
 }
 
 func (o *ConnectOptions) runCommand(ctx context.Context, kubeconfig string, stop func(), served <-chan error) error {

@@ -1,0 +1,406 @@
+package connect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/portforward"
+	"k8s.io/client-go/transport/spdy"
+	streamhttp "k8s.io/streaming/pkg/httpstream"
+
+	"github.com/apiproxy/apiproxy/pkg/tunnel"
+)
+
+// Relay opens byte streams to a port of the apiproxy proxy's pods in another cluster (the one named
+// by --via), through a port-forward session on that cluster's API server, the way `kubectl
+// port-forward` does (WebSocket first, SPDY as the fallback). One session carries every stream; a
+// broken session is replaced on the next dial. Authorization stays with that API server: the user
+// needs "create" on pods/portforward in Namespace.
+type Relay struct {
+	// Config reaches the --via cluster's API server; Context names it in messages.
+	Config  *rest.Config
+	Context string
+	// Namespace and Selector find the proxy's pods; Port is the proxy's container port.
+	Namespace, Selector string
+	Port                int
+	// Log reports progress (new sessions); may be nil.
+	Log func(format string, args ...any)
+
+	mu      sync.Mutex
+	session *relaySession
+}
+
+type relaySession struct {
+	conn   streamhttp.Connection
+	pod    string
+	nextID int
+}
+
+// NoReadyPodError: nothing to port-forward to.
+type NoReadyPodError struct {
+	Context, Namespace, Selector string
+	Found                        int // pods matching the selector, none of them ready
+}
+
+func (e *NoReadyPodError) Error() string {
+	return fmt.Sprintf("no ready pod of the apiproxy proxy in namespace %q of context %q (selector %s, %d not ready): install the proxy there (kubectl apiproxy install --context %s) or name its namespace with --via-namespace",
+		e.Namespace, e.Context, e.Selector, e.Found, e.Context)
+}
+
+// PortForwardError: the API server of the --via cluster did not open the port-forward.
+type PortForwardError struct {
+	Context, Namespace, Pod string
+	Forbidden               bool
+	Err                     error
+}
+
+func (e *PortForwardError) Error() string {
+	if e.Forbidden {
+		return fmt.Sprintf("port-forward to the proxy pod %s/%s through context %q is forbidden: the relay needs \"create\" on \"pods/portforward\" in namespace %q of %q (grant it with a Role and RoleBinding, see the README): %v",
+			e.Namespace, e.Pod, e.Context, e.Namespace, e.Context, e.Err)
+	}
+	return fmt.Sprintf("port-forward to the proxy pod %s/%s through context %q's API server failed: %v", e.Namespace, e.Pod, e.Context, e.Err)
+}
+
+func (e *PortForwardError) Unwrap() error { return e.Err }
+
+// DialContext opens one stream to the proxy pod's port. network and addr are ignored: the stream
+// always leads to the proxy (a tunnel.Dialer uses the Relay as its Forward dialer).
+func (r *Relay) DialContext(ctx context.Context, _, _ string) (net.Conn, error) {
+	for attempt := 0; ; attempt++ {
+		s, err := r.current(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c, err := r.openStream(s)
+		if err == nil {
+			return c, nil
+		}
+		// The session broke (pod gone, API server restarted, idle timeout): start a new one, once.
+		r.drop(s)
+		if attempt > 0 {
+			return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Pod: s.pod, Err: err}
+		}
+	}
+}
+
+// Close ends the port-forward session.
+func (r *Relay) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.session == nil {
+		return nil
+	}
+	err := r.session.conn.Close()
+	r.session = nil
+	return err
+}
+
+func (r *Relay) drop(s *relaySession) {
+	r.mu.Lock()
+	if r.session == s {
+		r.session = nil
+	}
+	r.mu.Unlock()
+	_ = s.conn.Close()
+}
+
+// current returns the open session, or opens one.
+func (r *Relay) current(ctx context.Context) (*relaySession, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.session; s != nil {
+		select {
+		case <-s.conn.CloseChan():
+			r.session = nil
+		default:
+			return s, nil
+		}
+	}
+	pod, err := r.readyPod(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := r.portForward(ctx, pod)
+	if err != nil {
+		return nil, err
+	}
+	if r.Log != nil {
+		r.Log("relay: port-forward session to pod %s/%s port %d through context %q", r.Namespace, pod, r.Port, r.Context)
+	}
+	r.session = &relaySession{conn: conn, pod: pod}
+	return r.session, nil
+}
+
+// readyPod picks a ready, running proxy pod (the first by name, so sessions are predictable).
+func (r *Relay) readyPod(ctx context.Context) (string, error) {
+	cs, err := kubernetes.NewForConfig(r.Config)
+	if err != nil {
+		return "", err
+	}
+	pods, err := cs.CoreV1().Pods(r.Namespace).List(ctx, metav1.ListOptions{LabelSelector: r.Selector})
+	if err != nil {
+		return "", fmt.Errorf("listing the proxy's pods in namespace %q of context %q (selector %s): %w", r.Namespace, r.Context, r.Selector, err)
+	}
+	var ready []string
+	for _, p := range pods.Items {
+		if isReady(&p) {
+			ready = append(ready, p.Name)
+		}
+	}
+	if len(ready) == 0 {
+		return "", &NoReadyPodError{Context: r.Context, Namespace: r.Namespace, Selector: r.Selector, Found: len(pods.Items)}
+	}
+	slices.Sort(ready)
+	return ready[0], nil
+}
+
+func isReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// portForward opens the session with the dialers kubectl port-forward uses.
+func (r *Relay) portForward(ctx context.Context, pod string) (streamhttp.Connection, error) {
+	cs, err := kubernetes.NewForConfig(r.Config)
+	if err != nil {
+		return nil, err
+	}
+	u := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(r.Namespace).Name(pod).SubResource("portforward").URL()
+	transport, upgrader, err := spdy.RoundTripperFor(r.Config)
+	if err != nil {
+		return nil, err
+	}
+	spdyDialer := spdy.NewDialerForStreaming(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
+	wsDialer, err := portforward.NewSPDYOverWebsocketDialerForStreaming(u, r.Config)
+	if err != nil {
+		return nil, err
+	}
+	dialer := portforward.NewFallbackDialerForStreaming(wsDialer, spdyDialer, func(err error) bool {
+		return streamhttp.IsUpgradeFailure(err) || streamhttp.IsHTTPSProxyError(err)
+	})
+
+	// Dial takes no context: bound it here, and close a session that arrives too late.
+	type result struct {
+		conn streamhttp.Connection
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		conn, _, err := dialer.Dial(portforward.PortForwardProtocolV1Name)
+		ch <- result{conn, err}
+	}()
+	select {
+	case res := <-ch:
+		if res.err != nil {
+			return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Pod: pod, Forbidden: r.forbidden(ctx, pod), Err: res.err}
+		}
+		return res.conn, nil
+	case <-ctx.Done():
+		go func() {
+			if res := <-ch; res.conn != nil {
+				_ = res.conn.Close()
+			}
+		}()
+		return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Pod: pod, Err: ctx.Err()}
+	}
+}
+
+// forbidden asks the API server whether the user may port-forward to the pod: the upgrade errors
+// of the two dialers carry the answer only as text.
+func (r *Relay) forbidden(ctx context.Context, pod string) bool {
+	cs, err := kubernetes.NewForConfig(r.Config)
+	if err != nil {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	review, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(cctx, &authorizationv1.SelfSubjectAccessReview{
+		Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Namespace: r.Namespace, Verb: "create", Resource: "pods", Subresource: "portforward", Name: pod,
+		}},
+	}, metav1.CreateOptions{})
+	return err == nil && !review.Status.Allowed
+}
+
+// openStream creates the error and data streams of one forwarded connection, as client-go's
+// port-forwarder does per accepted local connection, and returns the data stream as a net.Conn.
+func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
+	r.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	r.mu.Unlock()
+	headers := http.Header{}
+	headers.Set(corev1.StreamType, corev1.StreamTypeError)
+	headers.Set(corev1.PortHeader, strconv.Itoa(r.Port))
+	headers.Set(corev1.PortForwardRequestIDHeader, strconv.Itoa(id))
+	errStream, err := s.conn.CreateStream(headers)
+	if err != nil {
+		return nil, err
+	}
+	_ = errStream.Close() // nothing to send on it
+	headers.Set(corev1.StreamType, corev1.StreamTypeData)
+	data, err := s.conn.CreateStream(headers)
+	if err != nil {
+		s.conn.RemoveStreams(errStream)
+		return nil, err
+	}
+
+	// The stream has no deadlines or half-close of its own: a pipe end gives the tunnel code both.
+	local, remote := net.Pipe()
+	sc := &streamConn{Conn: local, pod: r.Namespace + "/" + s.pod}
+	go func() {
+		msg, _ := io.ReadAll(errStream)
+		if m := strings.TrimSpace(string(msg)); m != "" {
+			sc.setErr(fmt.Errorf("proxy pod %s port %d: %s", sc.pod, r.Port, m))
+			_ = remote.Close()
+		}
+	}()
+	go func() {
+		_, _ = io.Copy(remote, data)
+		_ = remote.Close()
+	}()
+	go func() {
+		_, _ = io.Copy(data, remote)
+		_ = data.Close()
+		// Like client-go: discard what is still queued so the session is not blocked by it.
+		_ = data.Reset()
+		s.conn.RemoveStreams(errStream, data)
+	}()
+	return sc, nil
+}
+
+// streamConn is one forwarded connection; reads report the kubelet's error when it sent one.
+type streamConn struct {
+	net.Conn
+	pod string
+
+	mu  sync.Mutex
+	err error
+}
+
+func (c *streamConn) setErr(err error) { c.mu.Lock(); c.err = err; c.mu.Unlock() }
+
+func (c *streamConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.mu.Lock()
+		if c.err != nil {
+			err = c.err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *streamConn) RemoteAddr() net.Addr { return podAddr(c.pod) }
+
+type podAddr string
+
+func (a podAddr) Network() string { return "portforward" }
+func (a podAddr) String() string  { return string(a) }
+
+// ViaDialer opens tunnels to an API server through two proxies: the Relay's proxy pod (in the --via
+// cluster), which CONNECTs to RemoteProxy (the target cluster's proxy, as that cluster sees it),
+// which CONNECTs to the API server. Errors are *HopError naming the hop that failed.
+type ViaDialer struct {
+	Relay *Relay
+	// RemoteProxy is the target cluster's proxy as the --via cluster reaches it ("host:port").
+	RemoteProxy string
+	Timeout     time.Duration
+}
+
+// Hop names a leg of the relayed path.
+type Hop string
+
+const (
+	HopPortForward Hop = "port-forward to the relay"      // laptop → --via API server → proxy pod
+	HopRelay       Hop = "relay to the remote proxy"      // proxy pod → remote proxy
+	HopRemoteProxy Hop = "remote proxy to its API server" // remote proxy → API server
+)
+
+// HopError is a relayed dial that failed, with the hop and advice.
+type HopError struct {
+	Hop Hop
+	msg string
+	Err error
+}
+
+func (e *HopError) Error() string { return e.msg }
+func (e *HopError) Unwrap() error { return e.Err }
+
+// relayLabel stands for the proxy pod in the inner CONNECT's messages: the Relay ignores addresses.
+func (v *ViaDialer) relayLabel() string {
+	return net.JoinHostPort("proxy."+v.Relay.Namespace+".pod", strconv.Itoa(v.Relay.Port))
+}
+
+// DialContext opens a tunnel to target (the API server's host:port, as the remote proxy's
+// cluster names it).
+func (v *ViaDialer) DialContext(ctx context.Context, network, target string) (net.Conn, error) {
+	inner := &tunnel.Dialer{Proxy: v.relayLabel(), Timeout: v.Timeout, Forward: v.Relay}
+	outer := &tunnel.Dialer{Proxy: v.RemoteProxy, Timeout: v.Timeout, Forward: inner}
+	conn, err := outer.DialContext(ctx, network, target)
+	if err != nil {
+		return nil, v.describe(err)
+	}
+	return conn, nil
+}
+
+func (v *ViaDialer) describe(err error) error {
+	via := v.Relay.Context
+	var nr *NoReadyPodError
+	var pf *PortForwardError
+	if errors.As(err, &nr) {
+		return &HopError{Hop: HopPortForward, msg: nr.Error(), Err: err}
+	}
+	if errors.As(err, &pf) {
+		return &HopError{Hop: HopPortForward, msg: pf.Error(), Err: err}
+	}
+	var ce *tunnel.ConnectError
+	if errors.As(err, &ce) {
+		if ce.Proxy == v.relayLabel() {
+			switch ce.StatusCode {
+			case http.StatusBadGateway, http.StatusGatewayTimeout:
+				return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
+					"the proxy in %q could not reach the remote proxy %s (%s): is that address reachable from inside %q (fabric up, right --remote/--proxy-port)?", via, v.RemoteProxy, ce.Status, via)}
+			default:
+				return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
+					"the proxy in %q refused to relay to %s (%s): allow it there (kubectl apiproxy install --relay, or --allow-target %s on its agent proxy)", via, v.RemoteProxy, ce.Status, v.RemoteProxy)}
+			}
+		}
+		if ce.StatusCode == http.StatusBadRequest {
+			// Not a CONNECT proxy answered: the proxy in the --via cluster sends authorities outside its
+			// --allow-target to its own API server, which rejects a plain-text request on its TLS port.
+			return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
+				"the proxy in %q did not relay to %s: it is not among its --allow-target entries, so it sent the tunnel to %q's own API server (%s); allow it with kubectl apiproxy install --relay in %q",
+				via, v.RemoteProxy, via, ce.Status, via)}
+		}
+		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf(
+			"the remote proxy %s (reached through %q) answered %q: it could not open the tunnel to its API server (check its --upstream and its logs)", v.RemoteProxy, via, ce.Status)}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf("the relayed tunnel through %q to %s did not open in time: raise --dial-timeout if the path is slow: %v", via, v.RemoteProxy, err)}
+	}
+	return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf("the relayed tunnel through %q to %s failed: %v", via, v.RemoteProxy, err)}
+}
