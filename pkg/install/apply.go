@@ -49,6 +49,9 @@ func RenderOffline(o Options, log io.Writer) ([]*unstructured.Unstructured, erro
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	if o.Relay {
+		return nil, errors.New("--relay reads the peers' CIDRs from the cluster's Liqo Configurations, which a client dry run does not contact: use --dry-run=server")
+	}
 	var in RenderInput
 	if o.Has(RoleWebhook) {
 		c, _, err := EnsureWebhookCerts(nil, nil, o.Namespace, time.Now())
@@ -77,6 +80,11 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 	createIP, err := decideIP(ctx, c, o, log)
 	if err != nil {
 		return nil, err
+	}
+	if o.Relay {
+		if o.AllowTargets, err = relayTargets(ctx, c, o, log); err != nil {
+			return nil, err
+		}
 	}
 	in := RenderInput{}
 	ns, err := c.get(ctx, gvkNamespace, "", o.Namespace)

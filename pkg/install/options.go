@@ -81,6 +81,11 @@ type Options struct {
 	HostAliasIP   string
 	LiqoNamespace string
 	CreateIP      CreateIP
+	// Relay makes this cluster's proxy a relay to its Liqo peers' proxies (connect --via): the peers'
+	// remapped external CIDRs, read from the Configurations at install time, become AllowTargets.
+	Relay bool
+	// AllowTargets are rendered as the proxy's --allow-target (CIDR:PORT or HOST:PORT).
+	AllowTargets []string
 }
 
 // DefaultOptions are the flag defaults.
@@ -134,6 +139,9 @@ var dnsLabelish = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._-]*[a-zA-Z0-9])?$
 // Validate checks every flag with a message that says what to change.
 func (o *Options) Validate() error {
 	var errs []error
+	if o.Relay && !o.Has(RoleProxy) {
+		errs = append(errs, errors.New("--relay configures the proxy role: add proxy to --roles"))
+	}
 	if len(o.Roles) == 0 {
 		errs = append(errs, errors.New("--roles is empty: use one or more of proxy, node, webhook"))
 	}

@@ -234,6 +234,9 @@ func ProxyArgs(o Options) []string {
 	if o.Upstream != "" {
 		args = append(args, "--upstream", o.Upstream)
 	}
+	for _, t := range o.AllowTargets {
+		args = append(args, "--allow-target", t)
+	}
 	return args
 }
 

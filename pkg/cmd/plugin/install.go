@@ -82,6 +82,7 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 	f.StringVar(&o.APIServerFQDN, "apiserver-fqdn", "", "webhook role: the API server name injected as KUBERNETES_SERVICE_HOST (required with the webhook role)")
 	f.IntVar(&o.APIServerPort, "apiserver-port", 0, "webhook role: also inject KUBERNETES_SERVICE_PORT and KUBERNETES_PORT* with this port (0: leave them)")
 	f.StringVar(&o.HostAliasIP, "host-alias-ip", "", "webhook role: add hostAliases mapping --apiserver-fqdn to this IP (e.g. the --node-ip)")
+	f.BoolVar(&o.Relay, "relay", false, "proxy role: let the proxy relay CONNECTs to the Liqo peers' proxies (for connect --via): their remapped external CIDRs on --proxy-port become --allow-target entries, read from this cluster's Configurations on every install")
 	f.StringVar(&o.LiqoNamespace, "liqo-namespace", o.LiqoNamespace, "Namespace of Liqo, where the IP resource api-server-proxy goes")
 	f.StringVar(&o.createIP, "create-ip-resource", string(install.CreateIPAuto), "Create Liqo's IP resource for the proxy Service: auto (when Liqo's IP CRD is served), true (fail without it) or false")
 	f.StringVar(&o.dryRunFlag, "dry-run", "none", `"none", "client" (render and print, contact nothing) or "server" (the API server validates, persists nothing)`)

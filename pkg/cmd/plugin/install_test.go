@@ -237,6 +237,7 @@ func TestInstallLifecycle(t *testing.T) {
 
 	t.Run("status and wait", func(t *testing.T) { testStatusAndWait(t, w) })
 	t.Run("liqo IP resource", func(t *testing.T) { testLiqoIP(t, w) })
+	t.Run("relay allows exactly the peers' CIDRs", func(t *testing.T) { testRelay(t, w) })
 	t.Run("webhook mutates pods", func(t *testing.T) { testWebhookMutates(t, w) })
 	t.Run("namespace not ours", func(t *testing.T) {
 		_, errOut, err := runApiproxy(t, kc, "install", "-n", "default", "--create-ip-resource=false")
@@ -561,5 +562,58 @@ func testWebhookMutates(t *testing.T, w *installWorld) {
 	}
 	if got := env(podIn(install.DefaultNamespace, nil)); got != "" {
 		t.Errorf("a pod in the agents' namespace was mutated (%q)", got)
+	}
+}
+
+// install --relay renders the peers' remapped external CIDRs, read from the Configurations, as the
+// proxy's --allow-target on the proxy port; re-running follows the peers; without --relay none remain.
+func testRelay(t *testing.T, w *installWorld) {
+	kc := w.cluster.Kubeconfig
+	ctx := context.Background()
+	w.cluster.InstallCRDs(t, liqo.ConfigurationCRD())
+	dyn := w.cluster.Dynamic(t)
+	allowTargets := func() []string {
+		t.Helper()
+		d, err := w.cluster.Clientset(t).AppsV1().Deployments(install.DefaultNamespace).Get(ctx, "apiproxy-proxy", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		args := d.Spec.Template.Spec.Containers[0].Args
+		for i, a := range args {
+			if a == "--allow-target" && i+1 < len(args) {
+				got = append(got, args[i+1])
+			}
+		}
+		return got
+	}
+
+	if _, errOut, err := runApiproxy(t, kc, "install", "--relay"); err == nil || !strings.Contains(err.Error(), "no Configuration") {
+		t.Fatalf("--relay without peers: err = %v (stderr %s), want a 'no Configuration' error", err, errOut)
+	}
+	if _, _, err := runApiproxy(t, kc, "install", "--relay", "--dry-run=client"); err == nil || !strings.Contains(err.Error(), "--dry-run=server") {
+		t.Errorf("--relay with a client dry run: err = %v", err)
+	}
+	liqo.Create(ctx, t, dyn, liqo.Configuration("liqo-tenant-cl02", "cl02", "cl02-id",
+		liqo.CIDRs{External: []string{"10.70.0.0/16"}}, &liqo.CIDRs{External: []string{"10.81.0.0/16"}}))
+	if _, errOut, err := runApiproxy(t, kc, "install", "--relay"); err != nil {
+		t.Fatalf("install --relay: %v\n%s", err, errOut)
+	}
+	if got := allowTargets(); !slices.Equal(got, []string{"10.81.0.0/16:8118"}) {
+		t.Fatalf("--allow-target after one peer = %v", got)
+	}
+	liqo.Create(ctx, t, dyn, liqo.Configuration("liqo-tenant-cl03", "cl03", "cl03-id",
+		liqo.CIDRs{External: "10.70.0.0/16"}, &liqo.CIDRs{External: "10.82.0.0/16"}))
+	if _, errOut, err := runApiproxy(t, kc, "install", "--relay"); err != nil {
+		t.Fatalf("install --relay: %v\n%s", err, errOut)
+	}
+	if got := allowTargets(); !slices.Equal(got, []string{"10.81.0.0/16:8118", "10.82.0.0/16:8118"}) {
+		t.Fatalf("--allow-target after a second peer = %v", got)
+	}
+	if _, errOut, err := runApiproxy(t, kc, "install"); err != nil {
+		t.Fatalf("install: %v\n%s", err, errOut)
+	}
+	if got := allowTargets(); len(got) != 0 {
+		t.Fatalf("--allow-target left after an install without --relay: %v", got)
 	}
 }
