@@ -358,13 +358,54 @@ func (v *ViaDialer) relayLabel() string {
 // DialContext opens a tunnel to target (the API server's host:port, as the remote proxy's
 // cluster names it).
 func (v *ViaDialer) DialContext(ctx context.Context, network, target string) (net.Conn, error) {
-	inner := &tunnel.Dialer{Proxy: v.relayLabel(), Timeout: v.Timeout, Forward: v.Relay}
+	inner := &hopDialer{d: &tunnel.Dialer{Proxy: v.relayLabel(), Timeout: v.Timeout, Forward: v.Relay}}
 	outer := &tunnel.Dialer{Proxy: v.RemoteProxy, Timeout: v.Timeout, Forward: inner}
 	conn, err := outer.DialContext(ctx, network, target)
 	if err != nil {
+		if inner.ok {
+			return nil, v.describeRemote(err)
+		}
 		return nil, v.describe(err)
 	}
 	return conn, nil
+}
+
+// hopDialer records whether the relay hop (port-forward plus the CONNECT to the remote proxy)
+// succeeded, so a failure after it is put on the remote leg.
+type hopDialer struct {
+	d  tunnel.ContextDialer
+	ok bool
+}
+
+func (h *hopDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := h.d.DialContext(ctx, network, addr)
+	h.ok = err == nil
+	return c, err
+}
+
+// describeRemote explains a failure of the CONNECT to the API server, sent to what the relay
+// reached: the remote proxy when the --via cluster's proxy allows it, else that cluster's own API
+// server (authorities outside --allow-target go to the upstream), which answers a plain-text
+// CONNECT by closing the connection or with 400.
+func (v *ViaDialer) describeRemote(err error) error {
+	via := v.Relay.Context
+	var ce *tunnel.ConnectError
+	notRelayed := &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
+		"the proxy in %q did not relay to %s: no CONNECT proxy answered behind it (%v). Most likely %s is not among its --allow-target entries, so it sent the tunnel to %q's own API server: allow it with kubectl apiproxy install --relay in %q",
+		via, v.RemoteProxy, err, v.RemoteProxy, via, via)}
+	switch {
+	case errors.As(err, &ce) && ce.StatusCode == http.StatusBadRequest:
+		return notRelayed
+	case errors.As(err, &ce):
+		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf(
+			"the remote proxy %s (reached through %q) answered %q: it could not open the tunnel to its API server (check its --upstream and its logs)", v.RemoteProxy, via, ce.Status)}
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return notRelayed
+	case errors.Is(err, context.DeadlineExceeded):
+		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf(
+			"the relay through %q reached %s, but no CONNECT answer came in time: is %s an apiproxy proxy, and allowed by the proxy in %q? (raise --dial-timeout if the path is slow): %v", via, v.RemoteProxy, v.RemoteProxy, via, err)}
+	}
+	return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf("the CONNECT to the API server through the remote proxy %s (relayed by %q) failed: %v", v.RemoteProxy, via, err)}
 }
 
 func (v *ViaDialer) describe(err error) error {
@@ -389,15 +430,6 @@ func (v *ViaDialer) describe(err error) error {
 					"the proxy in %q refused to relay to %s (%s): allow it there (kubectl apiproxy install --relay, or --allow-target %s on its agent proxy)", via, v.RemoteProxy, ce.Status, v.RemoteProxy)}
 			}
 		}
-		if ce.StatusCode == http.StatusBadRequest {
-			// Not a CONNECT proxy answered: the proxy in the --via cluster sends authorities outside its
-			// --allow-target to its own API server, which rejects a plain-text request on its TLS port.
-			return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
-				"the proxy in %q did not relay to %s: it is not among its --allow-target entries, so it sent the tunnel to %q's own API server (%s); allow it with kubectl apiproxy install --relay in %q",
-				via, v.RemoteProxy, via, ce.Status, via)}
-		}
-		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf(
-			"the remote proxy %s (reached through %q) answered %q: it could not open the tunnel to its API server (check its --upstream and its logs)", v.RemoteProxy, via, ce.Status)}
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf("the relayed tunnel through %q to %s did not open in time: raise --dial-timeout if the path is slow: %v", via, v.RemoteProxy, err)}

@@ -1,0 +1,437 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/apiproxy/apiproxy/pkg/tunnel"
+	"github.com/apiproxy/apiproxy/test/harness"
+	"github.com/apiproxy/apiproxy/test/harness/nodestandin"
+	"github.com/apiproxy/apiproxy/test/scenario"
+)
+
+const (
+	relayNamespace = "apiproxy-system"
+	strictNS       = "relay-strict" // a proxy without --allow-target
+	echoPrefix     = "pong:"
+)
+
+var proxyLabels = map[string]string{"app.kubernetes.io/part-of": "apiproxy", "app.kubernetes.io/component": "proxy"}
+
+type viaEnv struct {
+	*env
+	relayLog string
+}
+
+// setUpVia: the scenario with a node stand-in in each cluster; cl01's proxy pod is a real `agent
+// proxy` (upstream cl01's API server, --allow-target for cl02's remapped CIDR on the proxy port);
+// cl02 has a pod "web" whose port 8080 echoes and whose exec upper-cases stdin.
+func setUpVia(t *testing.T) *viaEnv {
+	t.Helper()
+	assets := harness.AssetsDir(t)
+	dir := t.TempDir()
+	n1, err := nodestandin.New(t, "cl01-node", filepath.Join(dir, "n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := nodestandin.New(t, "cl02-node", filepath.Join(dir, "n2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := scenario.Up(t, assets, scenario.Options{AgentBinary: bins.agent, Dir: dir,
+		ExtraArgs: map[string]map[string][]string{"cl01": n1.APIServerArgs(), "cl02": n2.APIServerArgs()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := n1.Register(ctx, s.CL01.Config); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Register(ctx, s.CL02.Config); err != nil {
+		t.Fatal(err)
+	}
+	cl01 := s.CL01.Clientset(t)
+	v := &viaEnv{env: &env{Scenario: s, kubectl: harness.Kubectl(t)}}
+	for ns, allow := range map[string][]string{relayNamespace: {"--allow-target", "127.81.0.0/16:8118"}, strictNS: nil} {
+		if _, err := cl01.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		addr, log := startAgentProxy(t, s.CL01.Server, dir, ns, allow...)
+		if ns == relayNamespace {
+			v.relayLog = log
+		}
+		if _, err := n1.AddPod(ctx, s.CL01.Config, nodestandin.Pod{Namespace: ns, Name: "apiproxy-proxy-0", Labels: proxyLabels, Ports: map[int32]string{8118: addr}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo := nodestandin.EchoServer(t, echoPrefix)
+	if _, err := n2.AddPod(ctx, s.CL02.Config, nodestandin.Pod{Namespace: "default", Name: "web", Ports: map[int32]string{8080: echo}, Exec: nodestandin.UpperExec}); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// startAgentProxy runs a real `agent proxy` on a free loopback port with upstream server's address.
+func startAgentProxy(t *testing.T, server, dir, name string, extra ...string) (addr, logPath string) {
+	t.Helper()
+	u, err := url.Parse(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = l.Addr().String()
+	l.Close()
+	logPath = filepath.Join(dir, "relay-"+name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bins.agent, append([]string{"proxy", "--listen", addr, "--upstream", u.Host, "--metrics-addr", "127.0.0.1:0"}, extra...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return addr, logPath
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("agent proxy on %s not ready: %v\n%s", addr, err, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startConnect runs `connect ARGS...` in listener mode and returns the kubeconfig it printed.
+func startConnect(t *testing.T, kubeconfig string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bins.plugin, append([]string{"--kubeconfig", kubeconfig, "--context", "cl02", "connect"}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG=")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "export KUBECONFIG="); ok {
+				lines <- v
+			}
+		}
+		done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	select {
+	case path := <-lines:
+		return path
+	case err := <-done:
+		t.Fatalf("connect %v exited early: %v\n%s", args, err, stderr.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("connect %v printed no kubeconfig; stderr:\n%s", args, stderr.String())
+	}
+	return ""
+}
+
+func TestConnectVia(t *testing.T) {
+	s := setUpVia(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	t.Run("connect --via cl01 -- kubectl get ns reaches cl02 through cl01's proxy pod", func(t *testing.T) {
+		r := s.plugin(t, "connect", "--remote", "cl01", "--via", "cl01", "--", s.kubectl, "get", "ns", "-o", "name")
+		if r.err != nil || !strings.Contains(r.stdout, "namespace/"+scenario.OnlyInProvider) {
+			t.Fatalf("connect --via: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "port-forward session to pod "+relayNamespace+"/apiproxy-proxy-0") {
+			t.Errorf("no port-forward session reported: %s", r.stderr)
+		}
+		// Both proxies carried it: cl01's relayed to cl02's proxy, which tunnelled to cl02's API server.
+		relay, _ := os.ReadFile(s.relayLog)
+		if !bytes.Contains(relay, []byte(`authority="`+s.ProxyAddr+`"`)) {
+			t.Fatalf("cl01's proxy logged no tunnel to %s:\n%s", s.ProxyAddr, relay)
+		}
+		assertProxied(t, s.env)
+	})
+
+	t.Run("a watch through the relay receives an event", func(t *testing.T) {
+		kubeconfig := startConnect(t, s.Kubeconfig, "--remote", "cl01", "--via", "cl01")
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs := kubernetes.NewForConfigOrDie(cfg)
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer wcancel()
+		w, err := cs.CoreV1().ConfigMaps("default").Watch(wctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		if _, err := s.CL02.Clientset(t).CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "watched-via"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for ev := range w.ResultChan() {
+			if obj, ok := ev.Object.(*corev1.ConfigMap); ok && ev.Type == watch.Added && obj.Name == "watched-via" {
+				return
+			}
+		}
+		t.Fatal("watch through the relay ended without the ADDED event")
+	})
+
+	t.Run("a CONNECT to any other address through the relay reaches only cl01's API server", func(t *testing.T) {
+		local := nodestandin.PortForward(t, s.kubectl, nil, "--kubeconfig", s.CL01.Kubeconfig, "-n", relayNamespace, "port-forward", "pod/apiproxy-proxy-0", ":8118")
+		u, err := url.Parse(s.CL02.Server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl02 := u.Host
+		for _, target := range []string{cl02, "127.81.1.1:443", "kubernetes.default.svc:443"} {
+			if got := serverCA(t, local, target, s); got != "cl01" {
+				t.Errorf("CONNECT %s through cl01's proxy reached %s, want cl01's API server", target, got)
+			}
+		}
+	})
+
+	// Upgrades (exec with stdin/stdout/stderr, port-forward) through every tunnel kind.
+	kinds := map[string]func(t *testing.T) string{
+		"direct proxy-url": func(t *testing.T) string {
+			r := s.plugin(t, "connect", "--remote", "cl01", "--print-kubeconfig")
+			if r.err != nil {
+				t.Fatalf("%v: %s", r.err, r.stderr)
+			}
+			p := filepath.Join(t.TempDir(), "kubeconfig")
+			if err := os.WriteFile(p, []byte(r.stdout), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return p
+		},
+		"local listener": func(t *testing.T) string { return startConnect(t, s.Kubeconfig, "--remote", "cl01") },
+		"relay":          func(t *testing.T) string { return startConnect(t, s.Kubeconfig, "--remote", "cl01", "--via", "cl01") },
+	}
+	for _, kind := range []string{"direct proxy-url", "local listener", "relay"} {
+		t.Run("exec and port-forward to cl02's pod through "+kind, func(t *testing.T) {
+			kc := kinds[kind](t)
+			before := proxyLogSize(t, s.ProxyLog)
+			out, stderr, err := nodestandin.Exec(ctx, s.kubectl, []string{"KUBECONFIG="}, "data from the laptop", "--kubeconfig", kc, "exec", "-i", "web", "--", "upper")
+			if err != nil || out != "DATA FROM THE LAPTOP" || !strings.Contains(stderr, "done") {
+				t.Fatalf("exec: out %q stderr %q err %v", out, stderr, err)
+			}
+			_, _, err = nodestandin.Exec(ctx, s.kubectl, []string{"KUBECONFIG="}, "", "--kubeconfig", kc, "exec", "web", "--", "exit", "4")
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 4 {
+				t.Fatalf("exec exit status: %v", err)
+			}
+			local := nodestandin.PortForward(t, s.kubectl, []string{"KUBECONFIG="}, "--kubeconfig", kc, "port-forward", "pod/web", ":8080")
+			nodestandin.RoundTrip(t, local, echoPrefix, "hello")
+			nodestandin.RoundTrip(t, local, echoPrefix, strings.Repeat("y", 128<<10))
+			if proxyLogSize(t, s.ProxyLog) == before {
+				t.Fatalf("cl02's proxy logged nothing: the upgrades did not go through it")
+			}
+		})
+	}
+
+	t.Run("error: no ready proxy pod names the namespace and selector", func(t *testing.T) {
+		r := s.plugin(t, "connect", "--remote", "cl01", "--via", "cl01", "--via-namespace", "default", "--", s.kubectl, "get", "ns")
+		if r.err == nil || !strings.Contains(r.stderr, `no ready pod of the apiproxy proxy in namespace "default" of context "cl01"`) || !strings.Contains(r.stderr, "app.kubernetes.io/component=proxy") {
+			t.Fatalf("err %v stderr %q", r.err, r.stderr)
+		}
+	})
+
+	t.Run("error: port-forward forbidden names pods/portforward, and the documented Role fixes it", func(t *testing.T) {
+		kc := limitedKubeconfig(t, s)
+		run := func() result {
+			c, cancel := context.WithTimeout(ctx, 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(c, bins.plugin, "--kubeconfig", kc, "--context", "cl02", "connect", "--remote", "cl01", "--via", "cl01-limited", "--", s.kubectl, "get", "ns", "-o", "name")
+			cmd.Env = append(os.Environ(), "KUBECONFIG=")
+			var o, e bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &o, &e
+			err := cmd.Run()
+			return result{o.String(), e.String(), err}
+		}
+		r := run()
+		if r.err == nil || !strings.Contains(r.stderr, "forbidden") || !strings.Contains(r.stderr, `"pods/portforward" in namespace "apiproxy-system"`) {
+			t.Fatalf("err %v stderr %q", r.err, r.stderr)
+		}
+		grantPortForward(t, s)
+		if r := run(); r.err != nil || !strings.Contains(r.stdout, "namespace/"+scenario.OnlyInProvider) {
+			t.Fatalf("with pods/portforward granted: %v\n%s\n%s", r.err, r.stdout, r.stderr)
+		}
+	})
+
+	t.Run("error: the relay hop refused (cl01's proxy does not allow the target)", func(t *testing.T) {
+		r := s.plugin(t, "connect", "--remote", "cl01", "--via", "cl01", "--via-namespace", strictNS, "--", s.kubectl, "get", "ns")
+		if r.err == nil || !strings.Contains(r.stderr, "did not relay to "+s.ProxyAddr) || !strings.Contains(r.stderr, "--allow-target") {
+			t.Fatalf("err %v stderr %q", r.err, r.stderr)
+		}
+	})
+
+	t.Run("error: cl02's proxy unreachable from cl01", func(t *testing.T) {
+		r := s.plugin(t, "connect", "--proxy-url", "http://127.81.0.9:8118", "--via", "cl01", "--dial-timeout", "5s", "--", s.kubectl, "get", "ns")
+		if r.err == nil || !strings.Contains(r.stderr, "could not reach the remote proxy 127.81.0.9:8118") || !strings.Contains(r.stderr, "502") {
+			t.Fatalf("err %v stderr %q", r.err, r.stderr)
+		}
+	})
+
+	t.Run("error: --via with --print-kubeconfig is refused", func(t *testing.T) {
+		r := s.plugin(t, "connect", "--remote", "cl01", "--via", "cl01", "--print-kubeconfig")
+		if r.err == nil || !strings.Contains(r.stderr, "cannot express the port-forward hop") || r.stdout != "" {
+			t.Fatalf("err %v stdout %q stderr %q", r.err, r.stdout, r.stderr)
+		}
+	})
+}
+
+// serverCA opens a CONNECT to target through the proxy at proxyAddr and says whose CA signed the
+// API server that answered: "cl01", "cl02" or "none".
+func serverCA(t *testing.T, proxyAddr, target string, s *viaEnv) string {
+	t.Helper()
+	for _, cl := range []*harness.Cluster{s.CL01, s.CL02} {
+		c, err := tunnel.DialConnect(context.Background(), proxyAddr, target)
+		if err != nil {
+			t.Fatalf("CONNECT %s through %s: %v", target, proxyAddr, err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(cl.Config.CAData)
+		tc := tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+		err = tc.Handshake()
+		c.Close()
+		if err == nil {
+			return cl.Name
+		}
+	}
+	return "none"
+}
+
+func proxyLogSize(t *testing.T, path string) int64 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
+// limitedKubeconfig is the scenario's kubeconfig plus a context "cl01-limited": a ServiceAccount of
+// cl01 that may list pods in apiproxy-system but not port-forward to them.
+func limitedKubeconfig(t *testing.T, s *viaEnv) string {
+	t.Helper()
+	ctx := context.Background()
+	cs := s.CL01.Clientset(t)
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: relayNamespace, Name: "operator"}}
+	if _, err := cs.CoreV1().ServiceAccounts(relayNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: relayNamespace, Name: "list-pods"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}}}}
+	bindRole(t, s, role)
+	tr, err := cs.CoreV1().ServiceAccounts(relayNamespace).CreateToken(ctx, "operator", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.LoadFromFile(s.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.AuthInfos["cl01-limited"] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.Contexts["cl01-limited"] = &clientcmdapi.Context{Cluster: cfg.Contexts["cl01"].Cluster, AuthInfo: "cl01-limited"}
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// grantPortForward creates the Role the README documents for relay users.
+func grantPortForward(t *testing.T, s *viaEnv) {
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: relayNamespace, Name: "apiproxy-relay-user"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/portforward"}, Verbs: []string{"create"}},
+		}}
+	bindRole(t, s, role)
+}
+
+func bindRole(t *testing.T, s *viaEnv, role *rbacv1.Role) {
+	t.Helper()
+	ctx := context.Background()
+	cs := s.CL01.Clientset(t)
+	if _, err := cs.RbacV1().Roles(relayNamespace).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: relayNamespace, Name: role.Name},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: relayNamespace, Name: "operator"}}}
+	if _, err := cs.RbacV1().RoleBindings(relayNamespace).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// RBAC changes reach the authorizer's cache quickly but not synchronously.
+	time.Sleep(time.Second)
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
