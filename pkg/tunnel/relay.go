@@ -131,15 +131,34 @@ func (d *direction) count(n int64) {
 	}
 }
 
-// loop moves what src has queued, and when nothing is, waits for more: parked on the shared epoll
-// (no goroutine at all) when allowed, else on this goroutine. In that case it goes on in a fresh
-// goroutine after each burst, since copying may have grown this one's stack and the runtime only
-// shrinks stacks at GC time: an idle direction should wait on the smallest stack there is.
+// parkAfter is how long a direction must be quiet before it parks on the shared epoll: busy
+// tunnels (request/response ping-pong) stay on the runtime poller, which is faster to wake.
+const parkAfter = 25 * time.Millisecond
+
+// loop moves what src has queued, and when nothing is, waits for more. With ParkIdle, it waits on
+// this goroutine for up to parkAfter, then parks on the shared epoll (no goroutine at all).
+// Otherwise it waits on a goroutine, and goes on in a fresh goroutine after each burst, since
+// copying may have grown this one's stack and the runtime only shrinks stacks at GC time: an idle
+// direction should wait on the smallest stack there is.
 func (d *direction) loop() {
 	park := d.r.opts.ParkIdle && d.fd >= 0
+	if park {
+		_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
+	}
+	drained := false // src was emptied by the last burst
 	for {
-		avail, eof, err := probe(d.rc, !park)
+		avail, eof, err := probe(d.rc, true, drained)
+		drained = false
 		if err != nil {
+			if park && errors.Is(err, os.ErrDeadlineExceeded) {
+				if idle.park(d) {
+					return
+				}
+				// The tunnel is closing: wait here to see it.
+				park = false
+				_ = d.src.SetReadDeadline(time.Time{})
+				continue
+			}
 			if d.r.stillBusy(d.src, err) {
 				continue
 			}
@@ -150,22 +169,18 @@ func (d *direction) loop() {
 			d.finish(nil)
 			return
 		}
-		if avail == 0 {
-			// Only when parking (a waiting probe returns data, EOF or an error).
-			if idle.park(d) {
-				return
-			}
-			park = false
-			continue
-		}
 		n, err := d.burst(avail)
 		d.count(n)
-		if err != nil && !d.r.stillBusy(d.src, err) {
+		drained = err == nil && avail > 0 && n == int64(avail)
+		if err != nil {
+			// A deadline cut the burst short: unread bytes are still queued in src, nothing is lost.
+			if park && errors.Is(err, os.ErrDeadlineExceeded) || d.r.stillBusy(d.src, err) {
+				continue
+			}
 			d.finish(err)
 			return
 		}
 		if !park {
-			// Unread bytes, if any, are still queued in src: nothing is lost by going around.
 			go d.loop()
 			return
 		}
@@ -292,9 +307,17 @@ func (r *relay) stillBusy(src net.Conn, err error) bool {
 // probe tells, without a buffer, whether src has bytes queued (avail > 0), reached EOF, or failed.
 // With wait, it parks the goroutine on the runtime poller until one of these holds; without, avail
 // 0 means nothing yet. avail is -1 when the kernel did not tell the queue length.
-func probe(rc syscall.RawConn, wait bool) (avail int, eof bool, err error) {
+//
+// With skipFirst the first look is skipped and the goroutine waits for the poller's next readiness
+// report at once: right after src was drained (one syscall saved per message). Not safe when bytes
+// may have been left queued after the last report, because such bytes raise no new report.
+func probe(rc syscall.RawConn, wait, skipFirst bool) (avail int, eof bool, err error) {
 	var probeErr error
 	err = rc.Read(func(fd uintptr) bool {
+		if skipFirst {
+			skipFirst = false
+			return false
+		}
 		n, ierr := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 		if ierr != nil {
 			avail = -1

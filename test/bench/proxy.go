@@ -322,9 +322,15 @@ func raiseNoFile(n uint64) {
 }
 
 func startChild(cmd *exec.Cmd, readAddr bool, listen string) (string, error) {
-	cmd.Stderr = io.Discard
+	// A file, not a Writer: no copying goroutine in this process. `agent proxy` logs a line per
+	// tunnel there, as it would to a container log.
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer devNull.Close()
+	cmd.Stderr = devNull
 	var out io.ReadCloser
-	var err error
 	if readAddr {
 		if out, err = cmd.StdoutPipe(); err != nil {
 			return "", err
