@@ -398,7 +398,7 @@ func (s *Server) handleTCP(c net.Conn) {
 func (s *Server) relay(c, up net.Conn, tl *tunnelLog) {
 	active := s.m.active.WithLabelValues(tl.kind)
 	active.Inc()
-	t := tunnel.Start(c, up, tunnel.RelayOptions{
+	t := tunnel.NewTunnel(c, up, tunnel.RelayOptions{
 		IdleTimeout: s.cfg.IdleTimeout,
 		Progress:    s.progress,
 		// Idle tunnels wait without a goroutine; they are then closed only through t.Close.
@@ -421,10 +421,9 @@ func (s *Server) relay(c, up net.Conn, tl *tunnelLog) {
 		s.done(c, tl)
 	})
 	s.mu.Lock()
-	if _, ok := s.conns[c]; ok {
-		s.conns[c] = t
-	}
+	s.conns[c] = t
 	s.mu.Unlock()
+	t.Run()
 }
 
 func (s *Server) progress(toUpstream bool, n int64) {

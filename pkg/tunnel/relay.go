@@ -54,18 +54,32 @@ func Relay(a, b net.Conn, opts RelayOptions) RelayResult {
 // tunnel holds only the two small stacks of its direction goroutines, not the deeper stack that
 // parsing and dialing grew.
 func Start(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel {
+	t := NewTunnel(a, b, opts, done)
+	go t.r.dirs[1].run()
+	go t.r.dirs[0].run()
+	return t
+}
+
+// NewTunnel prepares a relay between a and b without starting it; Run starts it. Having the
+// Tunnel before it runs lets a server record it (for Close) without a race against its end.
+func NewTunnel(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel {
 	if opts.IdleTimeout > 0 {
 		opts.ParkIdle = false // deadlines need a goroutine waiting
 	}
 	r := &relay{a: a, b: b, opts: opts, done: done}
 	r.last.Store(time.Now().UnixNano())
 	r.pending.Store(2)
-	// Both directions exist before either runs: a Close may look at them at any time.
 	r.dirs[0] = &direction{r: r, dst: unwrap(a), src: unwrap(b), orig: b}
 	r.dirs[1] = &direction{r: r, dst: unwrap(b), src: unwrap(a), orig: a, aToB: true}
-	go r.dirs[1].run()
-	go r.dirs[0].run()
 	return &Tunnel{r: r}
+}
+
+// Run starts b→a on a new goroutine and relays a→b on the caller's until that direction first goes
+// quiet (it then parks or moves to a fresh goroutine) or ends. It saves a goroutine (and the
+// growth of its stack) per tunnel. The end of the tunnel is reported through done. Call it once.
+func (t *Tunnel) Run() {
+	go t.r.dirs[0].run()
+	t.r.dirs[1].run()
 }
 
 // Tunnel is a running relay.
