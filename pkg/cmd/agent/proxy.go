@@ -211,6 +211,11 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		logger.Info("listening", "kind", kind, "addr", b.l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", o.UpstreamProxy, "allowTargets", o.allow.Len())
 		go func() { errc <- serve(b.l) }()
 	}
+	// Serve the health endpoints once the listeners are registered, so /readyz never flaps to
+	// "no listener" at start.
+	for i := 0; i < 500 && srv.Ready() != nil; i++ {
+		time.Sleep(time.Millisecond)
+	}
 	hctx, hcancel := context.WithCancel(context.Background())
 	defer hcancel()
 	go func() { _ = hs.Serve(hctx) }()

@@ -315,3 +315,45 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func TestProxyReadinessCanRequireADialableUpstream(t *testing.T) {
+	upstream := freeAddr(t, "127.0.0.1") // nothing listens there
+	for _, dial := range []bool{false, true} {
+		o := &proxyOptions{
+			Listen: freeAddr(t, "127.0.0.1"), Upstream: upstream, MetricsAddr: freeAddr(t, "127.0.0.1"),
+			MaxHeaderBytes: 8192, HeaderTimeout: time.Second, DialTimeout: time.Second, ShutdownGrace: time.Second,
+			KeepAlive: time.Second, ReadyDial: dial, getenv: func(string) string { return "" },
+		}
+		if err := o.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() { errc <- o.Run(ctx, io.Discard) }()
+		var code int
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get("http://" + o.MetricsAddr + "/readyz")
+			if err == nil {
+				code = resp.StatusCode
+				resp.Body.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		want := 200
+		if dial {
+			want = 503
+		}
+		if code != want {
+			t.Errorf("--readiness-dial-upstream=%v with a dead upstream: /readyz %d, want %d", dial, code, want)
+		}
+	}
+}
