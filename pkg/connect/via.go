@@ -48,6 +48,19 @@ type relaySession struct {
 	conn   streamhttp.Connection
 	pod    string
 	nextID int
+	fresh  bool // just opened: its first stream gets the whole dial time
+}
+
+// reusedSessionBound is how long a stream on an existing session may take before the session is
+// replaced: half the dial time left, at most 5 s (a live session answers in one round trip).
+func reusedSessionBound(ctx context.Context) time.Duration {
+	bound := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		if half := time.Until(dl) / 2; half < bound {
+			bound = half
+		}
+	}
+	return bound
 }
 
 // NoReadyPodError: nothing to port-forward to.
@@ -86,9 +99,24 @@ func (r *Relay) DialContext(ctx context.Context, _, _ string) (net.Conn, error) 
 		if err != nil {
 			return nil, err
 		}
-		c, err := r.openStream(s)
+		// A session that was already open may be dead without knowing it yet (its streams then wait
+		// for a reply that never comes): give it part of the time, and a new session the rest.
+		r.mu.Lock()
+		fresh := s.fresh
+		s.fresh = false
+		r.mu.Unlock()
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if attempt == 0 && !fresh {
+			actx, cancel = context.WithTimeout(ctx, reusedSessionBound(ctx))
+		}
+		c, err := r.openStreamContext(actx, s)
+		cancel()
 		if err == nil {
 			return c, nil
+		}
+		if ctx.Err() != nil {
+			r.drop(s)
+			return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Pod: s.pod, Err: fmt.Errorf("no stream opened on the port-forward session: %w", ctx.Err())}
 		}
 		// The session broke (pod gone, API server restarted, idle timeout): start a new one, once.
 		r.drop(s)
@@ -142,7 +170,7 @@ func (r *Relay) current(ctx context.Context) (*relaySession, error) {
 	if r.Log != nil {
 		r.Log("relay: port-forward session to pod %s/%s port %d through context %q", r.Namespace, pod, r.Port, r.Context)
 	}
-	r.session = &relaySession{conn: conn, pod: pod}
+	r.session = &relaySession{conn: conn, pod: pod, fresh: true}
 	return r.session, nil
 }
 
@@ -244,6 +272,28 @@ func (r *Relay) forbidden(ctx context.Context, pod string) bool {
 	return err == nil && !review.Status.Allowed
 }
 
+// openStreamContext bounds openStream (whose stream creation waits up to 30 s for the other side)
+// by ctx; a stream that arrives late is closed.
+func (r *Relay) openStreamContext(ctx context.Context, s *relaySession) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() { c, err := r.openStream(s); ch <- result{c, err} }()
+	select {
+	case res := <-ch:
+		return res.c, res.err
+	case <-ctx.Done():
+		go func() {
+			if res := <-ch; res.c != nil {
+				_ = res.c.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
 // openStream creates the error and data streams of one forwarded connection, as client-go's
 // port-forwarder does per accepted local connection, and returns the data stream as a net.Conn.
 func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
@@ -270,7 +320,9 @@ func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
 	// The stream has no deadlines or half-close of its own: a pipe end gives the tunnel code both.
 	local, remote := net.Pipe()
 	sc := &streamConn{Conn: local, pod: r.Namespace + "/" + s.pod}
+	errDone := make(chan struct{})
 	go func() {
+		defer close(errDone)
 		msg, _ := io.ReadAll(errStream)
 		if m := strings.TrimSpace(string(msg)); m != "" {
 			sc.setErr(fmt.Errorf("proxy pod %s port %d: %s", sc.pod, r.Port, m))
@@ -279,6 +331,11 @@ func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
 	}()
 	go func() {
 		_, _ = io.Copy(remote, data)
+		// The kubelet's error, if any, explains why the data ended: let the reader see it.
+		select {
+		case <-errDone:
+		case <-time.After(5 * time.Second):
+		}
 		_ = remote.Close()
 	}()
 	go func() {
