@@ -82,7 +82,13 @@ kubeconfig that points at the listener, and runs until interrupted, like kubectl
 "--", it runs the command with KUBECONFIG set and exits with the command's status.
 --print-kubeconfig, --write-kubeconfig and --merge instead produce a kubeconfig with proxy-url, for
 clients that reach the proxy themselves (inside the peer cluster). TLS stays end to end: the proxy
-never sees your credentials.`,
+never sees your credentials.
+
+--via CONTEXT is for a machine that reaches the peer's API server but not the fabric: every tunnel
+is a stream of one port-forward session (through that API server) to a ready apiproxy proxy pod
+there, which CONNECTs to the proxy address, which CONNECTs to the API server. It needs "create" on
+pods/portforward in --via-namespace of that cluster, and the proxy there must allow the address
+(install --relay). It works with the local listener and "-- COMMAND" only.`,
 		Example: connectExample,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(cmd, args); err != nil {

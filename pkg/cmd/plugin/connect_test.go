@@ -32,6 +32,11 @@ func TestConnectValidation(t *testing.T) {
 		{[]string{"connect", "--proxy-url", "http://p:1", "stray"}, "after \"--\""},
 		{[]string{"connect", "--proxy-url", "http://p:1", "--listen", "nope"}, "--listen"},
 		{[]string{"--context", "missing", "connect", "--proxy-url", "http://p:1"}, `"missing"`},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--via", "cl01", "--print-kubeconfig"}, "cannot express the port-forward hop"},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--via", "cl01", "--merge"}, "cannot be combined with --print-kubeconfig, --write-kubeconfig or --merge"},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--via", "cl01", "--write-kubeconfig", "x"}, "proxy-url names one proxy"},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--via", "cl01", "--via-namespace", ""}, "--via-namespace"},
+		{[]string{"connect", "--proxy-url", "http://p:1", "--via", "nowhere", "--", "true"}, `"nowhere"`},
 	} {
 		streams, _, out, _ := genericiooptions.NewTestIOStreams()
 		root := NewRootCommand(streams)
