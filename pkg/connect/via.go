@@ -114,6 +114,9 @@ func (r *Relay) DialContext(ctx context.Context, _, _ string) (net.Conn, error) 
 		if err == nil {
 			return c, nil
 		}
+		if r.Log != nil && actx.Err() != nil && ctx.Err() == nil {
+			r.Log("relay: no stream opened on the port-forward session to pod %s/%s in time; opening a new session", r.Namespace, s.pod)
+		}
 		if ctx.Err() != nil {
 			r.drop(s)
 			return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Pod: s.pod, Err: fmt.Errorf("no stream opened on the port-forward session: %w", ctx.Err())}

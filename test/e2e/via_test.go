@@ -168,6 +168,7 @@ func startConnect(t *testing.T, kubeconfig string, args ...string) string {
 		done <- cmd.Wait()
 	}()
 	t.Cleanup(func() {
+		t.Logf("connect stderr: %s", stderr.String())
 		_ = cmd.Process.Signal(syscall.SIGINT)
 		select {
 		case <-done:
@@ -266,7 +267,7 @@ func TestConnectVia(t *testing.T) {
 	for _, kind := range []string{"direct proxy-url", "local listener", "relay"} {
 		t.Run("exec and port-forward to cl02's pod through "+kind, func(t *testing.T) {
 			kc := kinds[kind](t)
-			before := proxyLogSize(t, s.ProxyLog)
+			before, relayBefore := proxyLogSize(t, s.ProxyLog), proxyLogSize(t, s.relayLog)
 			out, stderr, err := nodestandin.Exec(ctx, s.kubectl, []string{"KUBECONFIG="}, "data from the laptop", "--kubeconfig", kc, "exec", "-i", "web", "--", "upper")
 			if err != nil || out != "DATA FROM THE LAPTOP" || !strings.Contains(stderr, "done") {
 				t.Fatalf("exec: out %q stderr %q err %v", out, stderr, err)
@@ -281,6 +282,9 @@ func TestConnectVia(t *testing.T) {
 			nodestandin.RoundTrip(t, local, echoPrefix, strings.Repeat("y", 128<<10))
 			if proxyLogSize(t, s.ProxyLog) == before {
 				t.Fatalf("cl02's proxy logged nothing: the upgrades did not go through it")
+			}
+			if kind == "relay" && proxyLogSize(t, s.relayLog) == relayBefore {
+				t.Fatalf("cl01's proxy logged nothing: the relay did not carry the upgrades")
 			}
 		})
 	}
