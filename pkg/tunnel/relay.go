@@ -145,34 +145,24 @@ func (d *direction) count(n int64) {
 	}
 }
 
-// parkAfter is how long a direction must be quiet before it parks on the shared epoll: busy
-// tunnels (request/response ping-pong) stay on the runtime poller, which is faster to wake.
+// parkAfter is how long a direction must be quiet before it parks on the shared epoll: short
+// enough that a burst of new tunnels does not pile up goroutines, long enough that busy tunnels
+// (request/response ping-pong, bulk) stay on the runtime poller, which is faster to wake.
 const parkAfter = 25 * time.Millisecond
 
-// loop moves what src has queued, and when nothing is, waits for more. With ParkIdle, it waits on
-// this goroutine for up to parkAfter, then parks on the shared epoll (no goroutine at all).
-// Otherwise it waits on a goroutine, and goes on in a fresh goroutine after each burst, since
-// copying may have grown this one's stack and the runtime only shrinks stacks at GC time: an idle
-// direction should wait on the smallest stack there is.
+// loop moves bytes until src ends or fails. With ParkIdle (see streamThenPark) or else waiting on
+// a goroutine: then it goes on in a fresh goroutine after each burst, since copying may have grown
+// this one's stack and the runtime only shrinks stacks at GC time: an idle direction should wait
+// on the smallest stack there is.
 func (d *direction) loop() {
-	park := d.r.opts.ParkIdle && d.fd >= 0
-	if park {
-		_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
+	if d.r.opts.ParkIdle && d.fd >= 0 {
+		d.streamThenPark()
+		return
 	}
 	drained := false // src was emptied by the last burst
 	for {
 		avail, eof, err := probe(d.rc, true, drained)
-		drained = false
 		if err != nil {
-			if park && errors.Is(err, os.ErrDeadlineExceeded) {
-				if idle.park(d) {
-					return
-				}
-				// The tunnel is closing: wait here to see it.
-				park = false
-				_ = d.src.SetReadDeadline(time.Time{})
-				continue
-			}
 			if d.r.stillBusy(d.src, err) {
 				continue
 			}
@@ -188,14 +178,45 @@ func (d *direction) loop() {
 		drained = err == nil && avail > 0 && n == int64(avail)
 		if err != nil {
 			// A deadline cut the burst short: unread bytes are still queued in src, nothing is lost.
-			if park && errors.Is(err, os.ErrDeadlineExceeded) || d.r.stillBusy(d.src, err) {
+			if d.r.stillBusy(d.src, err) {
 				continue
 			}
 			d.finish(err)
 			return
 		}
-		if !park {
-			go d.loop()
+		go d.loop()
+		return
+	}
+}
+
+// streamThenPark copies like io.Copy (TCP to TCP: splice(2), as fast as a plain relay) in windows
+// of parkAfter; after a window without a byte it parks the direction on the shared epoll: its
+// goroutine, stack and splice pipe are released, and a new goroutine takes over when src is
+// readable again. So a busy tunnel never parks, and an idle one holds no goroutine at all.
+func (d *direction) streamThenPark() {
+	_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
+	for {
+		n, err := io.Copy(d.dst, d.src)
+		d.count(n)
+		switch {
+		case err == nil: // EOF
+			d.finish(nil)
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if n > 0 {
+				// Still busy: another window on this goroutine.
+				_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
+				continue
+			}
+			// Quiet for a whole window. Bytes read before the deadline were all written: nothing
+			// is lost by parking.
+			if idle.park(d) {
+				return
+			}
+			// The tunnel is closing: keep reading here to see it.
+			_ = d.src.SetReadDeadline(time.Time{})
+		default:
+			d.finish(err)
 			return
 		}
 	}
