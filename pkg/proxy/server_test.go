@@ -609,3 +609,43 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	_ = logr.Discard()
 }
+
+func TestChainedTimeoutIs504(t *testing.T) {
+	// The provider's dial times out: it answers 504, and the consumer passes 504 on.
+	provider := startProxy(t, Config{Upstream: "127.0.0.1:6443", DialTimeout: 200 * time.Millisecond, Dialer: &recordingDialer{block: make(chan struct{})}})
+	consumer := startProxy(t, Config{Upstream: "kubernetes.default.svc:443", UpstreamProxy: "http://" + provider.addr, DialTimeout: 5 * time.Second})
+	_, _, resp := connect(t, consumer.addr, connectHead("x:443"))
+	if resp.StatusCode != 504 {
+		t.Fatalf("status %d, want 504", resp.StatusCode)
+	}
+	waitFor(t, func() bool { return total(consumer, KindConnect, ResultDialTimeout) == 1 })
+}
+
+func TestListenEnablesTCPKeepAlive(t *testing.T) {
+	l, err := Listen(context.Background(), "127.0.0.1:0", 7*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err == nil {
+			time.Sleep(time.Second)
+			c.Close()
+		}
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	var on, idle int
+	raw.Control(func(fd uintptr) {
+		on, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
+		idle, _ = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE)
+	})
+	if on != 1 || idle != 7 {
+		t.Fatalf("SO_KEEPALIVE=%d TCP_KEEPIDLE=%d, want 1 and 7", on, idle)
+	}
+}
