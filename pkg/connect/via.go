@@ -320,9 +320,15 @@ func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
 		return nil, err
 	}
 
-	// The stream has no deadlines or half-close of its own: a pipe end gives the tunnel code both.
+	// Reads go through a pipe, whose deadlines the tunnel code relies on (a stream has none);
+	// writes go to the stream directly, so CloseWrite can half-close it.
 	local, remote := net.Pipe()
-	sc := &streamConn{Conn: local, pod: r.Namespace + "/" + s.pod}
+	sc := &streamConn{Conn: local, pod: r.Namespace + "/" + s.pod, data: data}
+	sc.release = func() {
+		// Like client-go: discard what is still queued so the session is not blocked by it.
+		_ = data.Reset()
+		s.conn.RemoveStreams(errStream, data)
+	}
 	errDone := make(chan struct{})
 	go func() {
 		defer close(errDone)
@@ -341,23 +347,30 @@ func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
 		}
 		_ = remote.Close()
 	}()
-	go func() {
-		_, _ = io.Copy(data, remote)
-		_ = data.Close()
-		// Like client-go: discard what is still queued so the session is not blocked by it.
-		_ = data.Reset()
-		s.conn.RemoveStreams(errStream, data)
-	}()
 	return sc, nil
 }
 
 // streamConn is one forwarded connection; reads report the kubelet's error when it sent one.
 type streamConn struct {
-	net.Conn
-	pod string
+	net.Conn // the reading end of the pipe fed by the data stream
+	pod      string
+	data     streamhttp.Stream
+	release  func()
+	once     sync.Once
 
 	mu  sync.Mutex
 	err error
+}
+
+func (c *streamConn) Write(p []byte) (int, error) { return c.data.Write(p) }
+
+// CloseWrite half-closes the stream: the proxy pod's side reads EOF and may still answer.
+func (c *streamConn) CloseWrite() error { return c.data.Close() }
+
+func (c *streamConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 func (c *streamConn) setErr(err error) { c.mu.Lock(); c.err = err; c.mu.Unlock() }

@@ -100,7 +100,11 @@ func TestRelaySessions(t *testing.T) {
 	}
 	var sessions atomic.Int32
 	r := &Relay{Config: cl.Config, Context: "cl01", Namespace: "apiproxy-system", Selector: "app=proxy", Port: 8118,
-		Log: func(string, ...any) { sessions.Add(1) }}
+		Log: func(format string, _ ...any) {
+			if strings.HasPrefix(format, "relay: port-forward session") {
+				sessions.Add(1)
+			}
+		}}
 	defer r.Close()
 
 	roundTrip := func(msg string) error {
@@ -151,6 +155,26 @@ func TestRelaySessions(t *testing.T) {
 	if n := sessions.Load(); n != 2 {
 		t.Fatalf("sessions after a broken one: %d, want 2", n)
 	}
+
+	t.Run("half-close reaches the pod, which can still answer", func(t *testing.T) {
+		c, err := r.DialContext(ctx, "tcp", "x:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "last words"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		// The echo server answers until it reads EOF, then closes: ReadAll ends only if the EOF got through.
+		b, err := io.ReadAll(c)
+		if err != nil || string(b) != "last words" {
+			t.Fatalf("after CloseWrite: %q %v", b, err)
+		}
+	})
 
 	t.Run("a port the pod does not serve reports the kubelet's error", func(t *testing.T) {
 		bad := &Relay{Config: cl.Config, Context: "cl01", Namespace: "apiproxy-system", Selector: "app=proxy", Port: 9999}
