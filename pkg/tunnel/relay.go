@@ -41,8 +41,9 @@ type RelayResult struct {
 // An EOF in one direction is passed on as a half-close (CloseWrite) of the other side, so TLS
 // close_notify and one-sided streams work. A failure in either direction aborts both.
 //
-// Idle tunnels are cheap: between chunks a direction parks on the poller without holding a buffer,
-// and TCP-to-TCP chunks move with splice(2) through the runtime's pooled pipes.
+// Idle tunnels are cheap: between chunks a direction waits without holding a buffer (on a small,
+// fresh goroutine; with ParkIdle on no goroutine at all), and TCP-to-TCP chunks move with splice(2)
+// through the runtime's pooled pipes.
 func Relay(a, b net.Conn, opts RelayOptions) RelayResult {
 	ch := make(chan RelayResult, 1)
 	Start(a, b, opts, func(r RelayResult) { ch <- r })
@@ -50,9 +51,8 @@ func Relay(a, b net.Conn, opts RelayOptions) RelayResult {
 }
 
 // Start is Relay without waiting: it returns at once and calls done (on a relay goroutine) when
-// the tunnel is over. A server's handshake goroutine can thus end before the tunnel does, so an idle
-// tunnel holds only the two small stacks of its direction goroutines, not the deeper stack that
-// parsing and dialing grew.
+// the tunnel is over. A server's handshake goroutine can thus end before the tunnel does, and the
+// deeper stack that parsing and dialing grew is not kept by an idle tunnel.
 func Start(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel {
 	t := NewTunnel(a, b, opts, done)
 	go t.r.dirs[1].run()
@@ -82,7 +82,7 @@ func (t *Tunnel) Run() {
 	t.r.dirs[1].run()
 }
 
-// Tunnel is a running relay.
+// Tunnel is a relay between two connections (see NewTunnel, Start).
 type Tunnel struct{ r *relay }
 
 // Close aborts the tunnel: both connections are closed and done is called once both directions
