@@ -247,7 +247,7 @@ func TestRelayNonTCPFallsBackToBuffers(t *testing.T) {
 }
 
 func TestRelayIdleTimeout(t *testing.T) {
-	client, server, done := relayed(t, RelayOptions{IdleTimeout: 300 * time.Millisecond})
+	client, server, done := relayed(t, RelayOptions{IdleTimeout: 600 * time.Millisecond})
 	// Traffic in one direction only keeps the tunnel alive in both.
 	for i := 0; i < 4; i++ {
 		server.Write([]byte("x"))
