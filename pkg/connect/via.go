@@ -70,8 +70,12 @@ type NoReadyPodError struct {
 }
 
 func (e *NoReadyPodError) Error() string {
-	return fmt.Sprintf("no ready pod of the apiproxy proxy in namespace %q of context %q (selector %s, %d not ready): install the proxy there (kubectl apiproxy install --context %s) or name its namespace with --via-namespace",
-		e.Namespace, e.Context, e.Selector, e.Found, e.Context)
+	found := "no pod matches selector " + e.Selector
+	if e.Found > 0 {
+		found = fmt.Sprintf("%d pod(s) match selector %s, none is running and ready", e.Found, e.Selector)
+	}
+	return fmt.Sprintf("no ready pod of the apiproxy proxy in namespace %q of context %q (%s): install the proxy there (kubectl apiproxy install --context %s), wait for it to be ready, or name its namespace with --via-namespace",
+		e.Namespace, e.Context, found, e.Context)
 }
 
 // PortForwardError: the API server of the --via cluster did not open the port-forward.

@@ -221,7 +221,7 @@ func TestRelaySessions(t *testing.T) {
 		half := &Relay{Config: cl.Config, Context: "cl01", Namespace: "apiproxy-system", Selector: "app=half", Port: 8118}
 		_, err = half.DialContext(ctx, "tcp", "x:1")
 		var nr *NoReadyPodError
-		if !errors.As(err, &nr) || nr.Found != 1 {
+		if !errors.As(err, &nr) || nr.Found != 1 || !strings.Contains(err.Error(), "1 pod(s) match selector app=half, none is running and ready") {
 			t.Fatalf("want no ready pod (1 found, not ready), got %v", err)
 		}
 	})
