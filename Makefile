@@ -49,9 +49,11 @@ demo: ## the seed's cl01/cl02 example on this machine: get-ip and connect, end t
 demo-down: ## stop what `make demo` started
 	hack/demo.sh down
 
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, and the plugin vetted for the krew platforms (darwin, windows)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	GOOS=darwin go vet ./cmd/kubectl-apiproxy/... ./pkg/cmd/plugin/... ./pkg/connect/... ./pkg/tunnel/...
+	GOOS=windows go vet ./cmd/kubectl-apiproxy/... ./pkg/cmd/plugin/... ./pkg/connect/... ./pkg/tunnel/...
 
 clean: ## remove build outputs (the test assets cache stays; delete $(ASSETS) by hand)
 	rm -rf $(BIN) dist

@@ -1,3 +1,5 @@
+// Idle directions park on epoll, which only Linux has; park_other.go is the fallback.
+
 package tunnel
 
 import (
