@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/url"
 	"os"
@@ -30,28 +29,11 @@ import (
 	"github.com/apiproxy/apiproxy/test/scenario"
 )
 
-var bins struct{ agent, plugin string }
+// agentBin and pluginBin are the real binaries under test, built once for the package.
+func agentBin(t testing.TB) string  { return harness.Binary(t, "./cmd/agent") }
+func pluginBin(t testing.TB) string { return harness.Binary(t, "./cmd/kubectl-apiproxy") }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "apiproxy-e2e-bin-")
-	if err != nil {
-		panic(err)
-	}
-	bins.agent = filepath.Join(dir, "agent")
-	bins.plugin = filepath.Join(dir, "kubectl-apiproxy")
-	for out, pkg := range map[string]string{bins.agent: "./cmd/agent", bins.plugin: "./cmd/kubectl-apiproxy"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Dir = filepath.Join("..", "..")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", pkg, err)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(harness.RunTests(m)) }
 
 // result of one plugin run.
 type result struct {
@@ -63,7 +45,7 @@ func (s *env) plugin(t *testing.T, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.plugin, append([]string{"--kubeconfig", s.Kubeconfig, "--context", "cl02"}, args...)...)
+	cmd := exec.CommandContext(ctx, pluginBin(t), append([]string{"--kubeconfig", s.Kubeconfig, "--context", "cl02"}, args...)...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	cmd.Env = append(os.Environ(), "KUBECONFIG=")
@@ -79,7 +61,7 @@ type env struct {
 func setUp(t *testing.T) *env {
 	t.Helper()
 	assets := harness.AssetsDir(t)
-	s, err := scenario.Up(t, assets, scenario.Options{AgentBinary: bins.agent, Aggregation: true, Dir: t.TempDir()})
+	s, err := scenario.Up(t, assets, scenario.Options{AgentBinary: agentBin(t), Aggregation: true, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +164,7 @@ func TestConnectEndToEnd(t *testing.T) {
 		if err := os.WriteFile(copyPath, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bins.plugin, "--kubeconfig", copyPath, "--context", "cl02", "connect", "--remote", "cl01", "--merge")
+		cmd := exec.Command(pluginBin(t), "--kubeconfig", copyPath, "--context", "cl02", "connect", "--remote", "cl01", "--merge")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
@@ -237,7 +219,7 @@ func assertProxied(t *testing.T, s *env) {
 // startListener runs `connect` in listener mode and returns the kubeconfig it printed.
 func startListener(t *testing.T, s *env) (string, func()) {
 	t.Helper()
-	cmd := exec.Command(bins.plugin, "--kubeconfig", s.Kubeconfig, "--context", "cl02", "connect", "--remote", "cl01")
+	cmd := exec.Command(pluginBin(t), "--kubeconfig", s.Kubeconfig, "--context", "cl02", "connect", "--remote", "cl01")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -61,7 +61,7 @@ func setUpVia(t *testing.T) *viaEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := scenario.Up(t, assets, scenario.Options{AgentBinary: bins.agent, Dir: dir,
+	s, err := scenario.Up(t, assets, scenario.Options{AgentBinary: agentBin(t), Dir: dir,
 		ExtraArgs: map[string]map[string][]string{"cl01": n1.APIServerArgs(), "cl02": n2.APIServerArgs()}})
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +112,7 @@ func startAgentProxy(t *testing.T, server, dir, name string, extra ...string) (a
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bins.agent, append([]string{"proxy", "--listen", addr, "--upstream", u.Host, "--metrics-addr", "127.0.0.1:0"}, extra...)...)
+	cmd := exec.Command(agentBin(t), append([]string{"proxy", "--listen", addr, "--upstream", u.Host, "--metrics-addr", "127.0.0.1:0"}, extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func startAgentProxy(t *testing.T, server, dir, name string, extra ...string) (a
 // startConnect runs `connect ARGS...` in listener mode and returns the kubeconfig it printed.
 func startConnect(t *testing.T, kubeconfig string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(bins.plugin, append([]string{"--kubeconfig", kubeconfig, "--context", "cl02", "connect"}, args...)...)
+	cmd := exec.Command(pluginBin(t), append([]string{"--kubeconfig", kubeconfig, "--context", "cl02", "connect"}, args...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG=")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -301,7 +301,7 @@ func TestConnectVia(t *testing.T) {
 		run := func() result {
 			c, cancel := context.WithTimeout(ctx, 60*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(c, bins.plugin, "--kubeconfig", kc, "--context", "cl02", "connect", "--remote", "cl01", "--via", "cl01-limited", "--", s.kubectl, "get", "ns", "-o", "name")
+			cmd := exec.CommandContext(c, pluginBin(t), "--kubeconfig", kc, "--context", "cl02", "connect", "--remote", "cl01", "--via", "cl01-limited", "--", s.kubectl, "get", "ns", "-o", "name")
 			cmd.Env = append(os.Environ(), "KUBECONFIG=")
 			var o, e bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &o, &e

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/apiproxy/apiproxy/pkg/node/netif"
+	"github.com/apiproxy/apiproxy/test/harness"
 )
 
 // Bad input is rejected before anything on the node is touched, so these need no root.
@@ -67,40 +68,18 @@ func TestNodeFlagDefaults(t *testing.T) {
 
 // ---- real network namespaces, real binary ----
 
-var nodeAgent struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// nodeAgentBinary builds ./cmd/agent once per test run. The agent runs under `ip netns exec`, so
-// the whole process, including the iptables binaries go-iptables execs, lives in the test's
-// namespace.
+// nodeAgentBinary is the real agent for the namespace tests. It runs under `ip netns exec`, so the
+// whole process, including the iptables binaries go-iptables execs, lives in the test's namespace.
 func nodeAgentBinary(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces and changes addresses and iptables in them")
 	}
-	nodeAgent.once.Do(func() {
-		dir, err := os.MkdirTemp("", "apiproxy-node-test-")
-		if err != nil {
-			nodeAgent.err = err
-			return
-		}
-		nodeAgent.path = filepath.Join(dir, "agent")
-		out, err := exec.Command("go", "build", "-o", nodeAgent.path, "github.com/apiproxy/apiproxy/cmd/agent").CombinedOutput()
-		if err != nil {
-			nodeAgent.err = err
-			t.Logf("go build: %s", out)
-		}
-	})
-	if nodeAgent.err != nil {
-		t.Fatalf("build agent: %v", nodeAgent.err)
-	}
+	bin := harness.Binary(t, "./cmd/agent")
 	if _, err := exec.LookPath("iptables"); err != nil {
 		t.Fatal("iptables is not installed: apt-get install -y iptables")
 	}
-	return nodeAgent.path
+	return bin
 }
 
 // testNetns creates a fresh named network namespace, deleted at the end of the test.

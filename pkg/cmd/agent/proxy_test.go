@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -67,36 +66,6 @@ func TestProxyUpstreamDefaultsToInClusterService(t *testing.T) {
 	}
 }
 
-var (
-	proxyBinOnce sync.Once
-	proxyBinPath string
-	proxyBinErr  error
-)
-
-// proxyAgentBinary builds cmd/agent once per test binary: the drain test needs a real process to
-// send SIGTERM to.
-func proxyAgentBinary(t *testing.T) string {
-	t.Helper()
-	proxyBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "apiproxy-agent-bin-")
-		if err != nil {
-			proxyBinErr = err
-			return
-		}
-		proxyBinPath = filepath.Join(dir, "agent")
-		root := harness.RepoRoot(t)
-		cmd := exec.Command("go", "build", "-o", proxyBinPath, "./cmd/agent")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			proxyBinErr = fmt.Errorf("go build ./cmd/agent: %v\n%s", err, out)
-		}
-	})
-	if proxyBinErr != nil {
-		t.Fatal(proxyBinErr)
-	}
-	return proxyBinPath
-}
-
 func freeAddr(t *testing.T, ip string) string {
 	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
@@ -129,7 +98,7 @@ func (s *proxyLogBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); ret
 func startProxyProcess(t *testing.T, env []string, waitAddr string, args ...string) *proxyProcess {
 	t.Helper()
 	p := &proxyProcess{stderr: &proxyLogBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(proxyAgentBinary(t), append([]string{"proxy"}, args...)...)
+	p.cmd = exec.Command(harness.Binary(t, "./cmd/agent"), append([]string{"proxy"}, args...)...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {

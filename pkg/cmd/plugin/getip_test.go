@@ -7,7 +7,6 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -104,24 +103,6 @@ func TestGetIPOnRealClusters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs kube-apiservers: `make unit` (-short) leaves them to `make test`")
 	}
-	// Build the binary while the API servers start.
-	bin := filepath.Join(t.TempDir(), "kubectl-apiproxy")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/kubectl-apiproxy")
-	build.Dir = harness.RepoRoot(t)
-	var buildOut bytes.Buffer
-	build.Stdout, build.Stderr = &buildOut, &buildOut
-	if err := build.Start(); err != nil {
-		t.Fatal(err)
-	}
-	buildDone := make(chan error, 1)
-	go func() { buildDone <- build.Wait() }()
-	t.Cleanup(func() {
-		if build.ProcessState == nil {
-			_ = build.Process.Kill()
-			<-buildDone
-		}
-	})
-
 	w := startGetIPWorld(t)
 	seed := []string{"--context", "cl02", "get-ip", "--remote", "cl01"}
 
@@ -339,9 +320,7 @@ func TestGetIPOnRealClusters(t *testing.T) {
 	})
 
 	t.Run("binary", func(t *testing.T) {
-		if err := <-buildDone; err != nil {
-			t.Fatalf("go build: %v\n%s", err, buildOut.String())
-		}
+		bin := harness.Binary(t, "./cmd/kubectl-apiproxy")
 		runBin := func(args ...string) (string, string, int) {
 			cmd := exec.CommandContext(t.Context(), bin, append([]string{"--kubeconfig", w.kubeconfig}, args...)...)
 			cmd.Env = append(os.Environ(), "KUBECONFIG=")

@@ -439,12 +439,7 @@ func testWebhookMutates(t *testing.T, w *installWorld) {
 	ctx := context.Background()
 	cs := w.cluster.Clientset(t)
 	dir := t.TempDir()
-	agentBin := filepath.Join(dir, "agent")
-	build := exec.Command("go", "build", "-o", agentBin, "./cmd/agent")
-	build.Dir = harness.RepoRoot(t)
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the agent: %v\n%s", err, b)
-	}
+	agentBin := harness.Binary(t, "./cmd/agent")
 	if b, err := exec.Command(agentBin, "webhook", "--help").CombinedOutput(); err != nil || !strings.Contains(string(b), "--apiserver-fqdn") {
 		t.Fatalf("agent webhook (issue 5) is not available: %v\n%s", err, b)
 	}
