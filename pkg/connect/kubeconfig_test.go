@@ -12,6 +12,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 func rawConfig() clientcmdapi.Config {
@@ -98,20 +99,7 @@ func TestDescribeDialError(t *testing.T) {
 
 // The forwarder relays bytes both ways, and a failed tunnel closes the local connection and is reported.
 func TestForwarder(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(c, c); c.Close() }()
-		}
-	}()
+	echo := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) { _, _ = io.Copy(c, c) })
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +113,7 @@ func TestForwarder(t *testing.T) {
 			case <-fail:
 				return nil, errors.New("refused")
 			default:
-				return (&net.Dialer{}).DialContext(ctx, "tcp", echo.Addr().String())
+				return (&net.Dialer{}).DialContext(ctx, "tcp", echo)
 			}
 		},
 		OnError: func(err error) { reported <- err },

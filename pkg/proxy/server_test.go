@@ -19,32 +19,19 @@ import (
 	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 // echoServer echoes every connection and, on the client's EOF, answers "|bye" and half-closes.
 func echoServer(t *testing.T, network, addr string) string {
 	t.Helper()
-	l, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-				io.WriteString(c, "|bye")
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return l.Addr().String()
+	return testnet.Serve(t, network, addr, func(c net.Conn) {
+		io.Copy(c, c)
+		io.WriteString(c, "|bye")
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+	})
 }
 
 func closedPort(t *testing.T) string {

@@ -14,42 +14,29 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 // fakeProxy answers each CONNECT with answer (raw bytes) and then echoes.
 func fakeProxy(t *testing.T, answer string, gotReq chan<- *http.Request) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				if gotReq != nil {
-					gotReq <- req
-				}
-				if answer == "" {
-					time.Sleep(5 * time.Second) // never answers
-					return
-				}
-				io.WriteString(c, answer)
-				io.Copy(c, br)
-			}()
+	return testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
-	return l.Addr().String()
+		if gotReq != nil {
+			gotReq <- req
+		}
+		if answer == "" {
+			time.Sleep(5 * time.Second) // never answers
+			return
+		}
+		io.WriteString(c, answer)
+		io.Copy(c, br)
+	})
 }
 
 func TestDialConnectKeepsBytesAfterResponse(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +30,7 @@ import (
 	"github.com/apiproxy/apiproxy/test/harness"
 	"github.com/apiproxy/apiproxy/test/harness/nodestandin"
 	"github.com/apiproxy/apiproxy/test/scenario"
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 const (
@@ -151,7 +151,7 @@ func startConnect(t *testing.T, kubeconfig string, args ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr := &lockedBuffer{}
+	stderr := &testnet.SyncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -427,15 +427,3 @@ func bindRole(t *testing.T, s *viaEnv, role *rbacv1.Role) {
 	// RBAC changes reach the authorizer's cache quickly but not synchronously.
 	time.Sleep(time.Second)
 }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }

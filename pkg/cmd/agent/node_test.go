@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/apiproxy/apiproxy/pkg/node/netif"
 	"github.com/apiproxy/apiproxy/test/harness"
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 // Bad input is rejected before anything on the node is touched, so these need no root.
@@ -218,7 +218,7 @@ func TestNodeOneShotFailures(t *testing.T) {
 // nodeDaemon is an agent started by startNodeDaemon.
 type nodeDaemon struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testnet.SyncBuffer
 	done chan struct{} // closed once the process has exited and been reaped
 }
 
@@ -229,7 +229,7 @@ func startNodeDaemon(t *testing.T, ns string, args ...string) *nodeDaemon {
 	agent := nodeAgentBinary(t)
 	// `ip netns exec` execs the agent in place, so the PID we signal is the agent's.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, agent, "node"}, args...)...)
-	logs := &syncBuffer{}
+	logs := &testnet.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -265,24 +265,6 @@ func (d *nodeDaemon) stop(t *testing.T) {
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("agent exited with %d after SIGTERM", code)
 	}
-}
-
-// syncBuffer collects a process's output while the test may read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -445,7 +427,7 @@ func TestNodeDaemonStopsOnMissingPrivileges(t *testing.T) {
 	cmd := exec.Command("ip", "netns", "exec", ns, "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
 		agent, "node", "--ip-address", "10.96.0.2")
 	done := make(chan []byte, 1)
-	var out syncBuffer
+	var out testnet.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

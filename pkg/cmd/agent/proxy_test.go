@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/apiproxy/apiproxy/test/harness"
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 func TestProxyFlagErrors(t *testing.T) {
@@ -78,26 +78,14 @@ func freeAddr(t *testing.T, ip string) string {
 
 type proxyProcess struct {
 	cmd    *exec.Cmd
-	stderr *proxyLogBuffer
+	stderr *testnet.SyncBuffer
 	done   chan error
 }
-
-type proxyLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *proxyLogBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *proxyLogBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // startProxyProcess runs `agent proxy args...` and waits until it accepts on waitAddr.
 func startProxyProcess(t *testing.T, env []string, waitAddr string, args ...string) *proxyProcess {
 	t.Helper()
-	p := &proxyProcess{stderr: &proxyLogBuffer{}, done: make(chan error, 1)}
+	p := &proxyProcess{stderr: &testnet.SyncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(harness.Binary(t, "./cmd/agent"), append([]string{"proxy"}, args...)...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p.stderr
@@ -129,27 +117,13 @@ func startProxyProcess(t *testing.T, env []string, waitAddr string, args ...stri
 
 func TestProxyProcessDrainsOnSIGTERM(t *testing.T) {
 	// Upstream: echoes, and answers "|bye" after the client's EOF.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-				io.WriteString(c, "|bye")
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
+	upstream := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		io.Copy(c, c)
+		io.WriteString(c, "|bye")
+		c.(*net.TCPConn).CloseWrite()
+	})
 	listen, metrics := freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1")
-	p := startProxyProcess(t, nil, listen, "--listen", listen, "--upstream", l.Addr().String(),
+	p := startProxyProcess(t, nil, listen, "--listen", listen, "--upstream", upstream,
 		"--metrics-addr", metrics, "--shutdown-grace", "20s")
 	if code := httpStatus(t, "http://"+metrics+"/readyz"); code != 200 {
 		t.Fatalf("/readyz %d", code)

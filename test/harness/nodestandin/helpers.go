@@ -11,34 +11,20 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 // EchoServer listens on 127.0.0.1 and answers every connection with prefix followed by what it
 // receives, until the client half-closes; a pod port mapped to it proves data flows both ways.
 func EchoServer(t testing.TB, prefix string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.WriteString(c, prefix)
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return l.Addr().String()
+	return testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		_, _ = io.WriteString(c, prefix)
+		_, _ = io.Copy(c, c)
+	})
 }
 
 // UpperExec is an ExecFunc: `echo ARGS...` prints its arguments; any other command copies stdin to
@@ -82,7 +68,7 @@ func PortForward(t testing.TB, kubectl string, env []string, args ...string) str
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr testnet.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -150,15 +136,3 @@ func Exec(ctx context.Context, kubectl string, env []string, stdin string, args 
 	err = cmd.Run()
 	return o.String(), e.String(), err
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
