@@ -4,17 +4,14 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -118,8 +115,7 @@ func TestConnectEndToEnd(t *testing.T) {
 	})
 
 	t.Run("a watch through the local listener receives an event", func(t *testing.T) {
-		kubeconfig, stop := startListener(t, s)
-		defer stop()
+		kubeconfig := startConnect(t, s.Kubeconfig, "--remote", "cl01")
 		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 		if err != nil {
 			t.Fatal(err)
@@ -127,24 +123,7 @@ func TestConnectEndToEnd(t *testing.T) {
 		if !strings.HasPrefix(cfg.Host, "https://127.0.0.1:") || cfg.TLSClientConfig.ServerName == "" {
 			t.Fatalf("listener kubeconfig: server %s, tls-server-name %q", cfg.Host, cfg.TLSClientConfig.ServerName)
 		}
-		cs := kubernetes.NewForConfigOrDie(cfg)
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		w, err := cs.CoreV1().ConfigMaps("default").Watch(wctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Stop()
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "watched"}}
-		if _, err := s.CL02.Clientset(t).CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		for ev := range w.ResultChan() {
-			if obj, ok := ev.Object.(*corev1.ConfigMap); ok && ev.Type == watch.Added && obj.Name == "watched" {
-				return
-			}
-		}
-		t.Fatal("watch through the listener ended without the ADDED event")
+		watchSeesCreate(t, s, kubeconfig, "watched")
 	})
 
 	t.Run("aggregated API through connect shows the tunnelled user", func(t *testing.T) {
@@ -216,51 +195,29 @@ func assertProxied(t *testing.T, s *env) {
 	}
 }
 
-// startListener runs `connect` in listener mode and returns the kubeconfig it printed.
-func startListener(t *testing.T, s *env) (string, func()) {
+// watchSeesCreate watches ConfigMaps with kubeconfig (a tunnel to cl02), creates one named name in
+// cl02 directly, and requires the watch to deliver its ADDED event.
+func watchSeesCreate(t *testing.T, s *env, kubeconfig, name string) {
 	t.Helper()
-	cmd := exec.Command(pluginBin(t), "--kubeconfig", s.Kubeconfig, "--context", "cl02", "connect", "--remote", "cl01")
-	stdout, err := cmd.StdoutPipe()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().ConfigMaps("default").Watch(ctx, metav1.ListOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("connect exited with %v after SIGINT; stderr:\n%s", err, stderr.String())
-			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			t.Errorf("connect did not exit on SIGINT")
+	defer w.Stop()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if _, err := s.CL02.Clientset(t).CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for ev := range w.ResultChan() {
+		if obj, ok := ev.Object.(*corev1.ConfigMap); ok && ev.Type == watch.Added && obj.Name == name {
+			return
 		}
 	}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "export KUBECONFIG="); ok {
-				lines <- v
-			}
-		}
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	go func() { done <- cmd.Wait() }()
-	select {
-	case path := <-lines:
-		return path, stop
-	case err := <-done:
-		t.Fatalf("connect exited early: %v\n%s", err, stderr.String())
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatalf("connect printed no kubeconfig; stderr:\n%s", stderr.String())
-	}
-	return "", nil
+	t.Fatalf("watch through %s ended without the ADDED event of %s", kubeconfig, name)
 }

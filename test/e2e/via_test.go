@@ -21,8 +21,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -97,49 +95,17 @@ func setUpVia(t *testing.T) *viaEnv {
 // startAgentProxy runs a real `agent proxy` on a free loopback port with upstream server's address.
 func startAgentProxy(t *testing.T, server, dir, name string, extra ...string) (addr, logPath string) {
 	t.Helper()
-	u, err := url.Parse(server)
-	if err != nil {
-		t.Fatal(err)
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr = l.Addr().String()
 	l.Close()
-	logPath = filepath.Join(dir, "relay-"+name+".log")
-	logf, err := os.Create(logPath)
+	p, err := scenario.RunAgentProxy(t, agentBin(t), addr, server, filepath.Join(dir, "relay-"+name+".log"), extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(agentBin(t), append([]string{"proxy", "--listen", addr, "--upstream", u.Host, "--metrics-addr", "127.0.0.1:0"}, extra...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	for deadline := time.Now().Add(15 * time.Second); ; {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return addr, logPath
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("agent proxy on %s not ready: %v\n%s", addr, err, b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return addr, p.Log
 }
 
 // startConnect runs `connect ARGS...` in listener mode and returns the kubeconfig it printed.
@@ -171,10 +137,14 @@ func startConnect(t *testing.T, kubeconfig string, args ...string) string {
 		t.Logf("connect stderr: %s", stderr.String())
 		_ = cmd.Process.Signal(syscall.SIGINT)
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Errorf("connect %v exited with %v after SIGINT, want a clean exit", args, err)
+			}
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
 			<-done
+			t.Errorf("connect %v did not exit on SIGINT", args)
 		}
 	})
 	select {
@@ -211,27 +181,7 @@ func TestConnectVia(t *testing.T) {
 
 	t.Run("a watch through the relay receives an event", func(t *testing.T) {
 		kubeconfig := startConnect(t, s.Kubeconfig, "--remote", "cl01", "--via", "cl01")
-		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs := kubernetes.NewForConfigOrDie(cfg)
-		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-		defer wcancel()
-		w, err := cs.CoreV1().ConfigMaps("default").Watch(wctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Stop()
-		if _, err := s.CL02.Clientset(t).CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "watched-via"}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		for ev := range w.ResultChan() {
-			if obj, ok := ev.Object.(*corev1.ConfigMap); ok && ev.Type == watch.Added && obj.Name == "watched-via" {
-				return
-			}
-		}
-		t.Fatal("watch through the relay ended without the ADDED event")
+		watchSeesCreate(t, s.env, kubeconfig, "watched-via")
 	})
 
 	t.Run("a CONNECT to any other address through the relay reaches only cl01's API server", func(t *testing.T) {

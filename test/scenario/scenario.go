@@ -65,8 +65,7 @@ type Scenario struct {
 	ProxyAddr  string
 	ProxyLog   string
 
-	proxy     *exec.Cmd
-	stopProxy func()
+	proxy *Process
 }
 
 // Up starts both clusters, creates the Liqo-shaped objects, and starts cl02's proxy. Everything is
@@ -113,71 +112,85 @@ func Up(c harness.Cleaner, assets string, opts Options) (*Scenario, error) {
 	return s, nil
 }
 
-// StartProxy runs `agent proxy` on the remapped address with cl02's API server as upstream, and
-// waits until it accepts connections.
+// StartProxy runs cl02's `agent proxy` on the remapped address with cl02's API server as upstream.
 func (s *Scenario) StartProxy(c harness.Cleaner, agent, dir string) error {
-	u, err := url.Parse(s.CL02.Config.Host)
+	p, err := RunAgentProxy(c, agent, s.ProxyAddr, s.CL02.Config.Host, filepath.Join(dir, "agent-proxy.log"))
 	if err != nil {
-		return fmt.Errorf("cl02 server %q: %w", s.CL02.Config.Host, err)
+		return fmt.Errorf("%w (is %s already in use, e.g. by `make demo`? run `make demo-down`)", err, s.ProxyAddr)
 	}
-	s.ProxyLog = filepath.Join(dir, "agent-proxy.log")
-	logf, err := os.OpenFile(s.ProxyLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	s.proxy, s.ProxyLog = p, p.Log
+	return nil
+}
+
+// Process is a running agent.
+type Process struct {
+	Cmd *exec.Cmd
+	// Log holds the process's stdout and stderr.
+	Log    string
+	exited chan struct{}
+}
+
+// Stop sends SIGTERM to the process's PID and SIGKILL after 5 s; it returns once it has exited.
+func (p *Process) Stop() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		_ = p.Cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// RunAgentProxy runs `agent proxy --listen listen --upstream <host:port of server> extra...`,
+// logging to logPath, waits until it accepts connections, and registers its Stop with c.
+func RunAgentProxy(c harness.Cleaner, agent, listen, server, logPath string, extra ...string) (*Process, error) {
+	u, err := url.Parse(server)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("upstream server %q: %w", server, err)
 	}
-	cmd := exec.Command(agent, "proxy", "--listen", s.ProxyAddr, "--upstream", u.Host, "--metrics-addr", "127.0.0.1:0")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"proxy", "--listen", listen, "--upstream", u.Host, "--metrics-addr", "127.0.0.1:0"}, extra...)
+	cmd := exec.Command(agent, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("starting %s proxy: %w", agent, err)
+		return nil, fmt.Errorf("starting %s proxy: %w", agent, err)
 	}
-	s.proxy = cmd
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-	c.Cleanup(func() { stopProcess(cmd, exited) })
-	s.stopProxy = func() { stopProcess(cmd, exited) }
+	p := &Process{Cmd: cmd, Log: logPath, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); logf.Close(); close(p.exited) }()
+	c.Cleanup(p.Stop)
 
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		conn, err := net.DialTimeout("tcp", s.ProxyAddr, time.Second)
+		conn, err := net.DialTimeout("tcp", listen, time.Second)
 		if err == nil {
 			conn.Close()
-			return nil
+			return p, nil
 		}
 		select {
-		case <-exited:
-			b, _ := os.ReadFile(s.ProxyLog)
-			return fmt.Errorf("agent proxy exited at start (is %s already in use, e.g. by `make demo`? run `make demo-down`):\n%s", s.ProxyAddr, b)
+		case <-p.exited:
+			b, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("agent proxy on %s exited at start:\n%s", listen, b)
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("agent proxy not accepting on %s after 15s: %v", s.ProxyAddr, err)
+			p.Stop()
+			return nil, fmt.Errorf("agent proxy not accepting on %s after 15s: %v", listen, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 // StopProxy stops cl02's proxy (SIGTERM to its PID, SIGKILL after 5 s).
-func (s *Scenario) StopProxy() {
-	if s.stopProxy != nil {
-		s.stopProxy()
-	}
-}
+func (s *Scenario) StopProxy() { s.proxy.Stop() }
 
 // ProxyPID is the proxy process's PID.
-func (s *Scenario) ProxyPID() int { return s.proxy.Process.Pid }
-
-func stopProcess(cmd *exec.Cmd, exited <-chan struct{}) {
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
-	}
-}
+func (s *Scenario) ProxyPID() int { return s.proxy.Cmd.Process.Pid }
