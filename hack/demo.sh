@@ -59,14 +59,14 @@ up() {
 
   say "A kubeconfig with proxy-url, for clients inside cl01"
   $PLUGIN --context cl02 connect --remote cl01 --write-kubeconfig "$DEMO/cl02-via-proxy.yaml"
-  "$KUBECTL" --kubeconfig "$DEMO/cl02-via-proxy.yaml" get ns $(echo only-in-cl02)
+  "$KUBECTL" --kubeconfig "$DEMO/cl02-via-proxy.yaml" get ns only-in-cl02
 
   say "Try it yourself"
   cat <<EOT
-  export KUBECONFIG=$PWD/$DEMO/kubeconfig PATH=$PWD/bin:\$PATH
+  export KUBECONFIG=$PWD/$DEMO/kubeconfig PATH=$PWD/bin:$ASSETS:\$PATH   # the plugin and kubectl v1.36
   kubectl apiproxy --context cl02 get-ip --remote cl01 -o yaml
   kubectl apiproxy --context cl02 connect --remote cl01      # a local listener, until Ctrl-C
-  $KUBECTL --kubeconfig $DEMO/cl02-via-proxy.yaml get ns
+  kubectl --kubeconfig $DEMO/cl02-via-proxy.yaml get ns
   make demo-down                                             # stop everything
 EOT
 }
