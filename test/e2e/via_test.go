@@ -6,16 +6,20 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -73,9 +77,13 @@ func setUpVia(t *testing.T) *viaEnv {
 	}
 	cl01 := s.CL01.Clientset(t)
 	v := &viaEnv{env: &env{Scenario: s, kubectl: harness.Kubectl(t)}}
-	for ns, allow := range map[string][]string{relayNamespace: {"--allow-target", "127.81.0.0/16:8118"}, strictNS: nil} {
+	for _, ns := range []string{relayNamespace, strictNS} {
 		if _, err := cl01.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
+		}
+		var allow []string
+		if ns == relayNamespace {
+			allow = relayAllowTargets(t, v.env)
 		}
 		addr, log := startAgentProxy(t, s.CL01.Server, dir, ns, allow...)
 		if ns == relayNamespace {
@@ -90,6 +98,42 @@ func setUpVia(t *testing.T) *viaEnv {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// relayAllowTargets are the --allow-target arguments that `install --relay` renders for cl01's proxy
+// (from cl01's Liqo Configuration for cl02), read from a server-side dry run, so the relay under
+// test is configured exactly as install would configure it.
+func relayAllowTargets(t *testing.T, e *env) []string {
+	t.Helper()
+	cmd := exec.Command(pluginBin(t), "--kubeconfig", e.Kubeconfig, "--context", "cl01", "-n", relayNamespace,
+		"install", "--relay", "--dry-run=server", "-o", "json")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("install --relay --dry-run=server: %v\n%s", err, stderr.String())
+	}
+	var list struct {
+		Items []appsv1.Deployment `json:"items"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &list); err != nil {
+		t.Fatalf("install -o json: %v\n%s", err, stdout.String())
+	}
+	var allow []string
+	for _, d := range list.Items {
+		if d.Kind != "Deployment" || d.Name != "apiproxy-proxy" {
+			continue
+		}
+		args := d.Spec.Template.Spec.Containers[0].Args
+		for i, a := range args {
+			if a == "--allow-target" && i+1 < len(args) {
+				allow = append(allow, a, args[i+1])
+			}
+		}
+	}
+	if want := []string{"--allow-target", scenario.ConsumerRemappedCIDR + ":8118"}; !slices.Equal(allow, want) {
+		t.Fatalf("install --relay rendered %v for cl01's proxy, want %v", allow, want)
+	}
+	return allow
 }
 
 // startAgentProxy runs a real `agent proxy` on a free loopback port with upstream server's address.
