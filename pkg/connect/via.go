@@ -301,6 +301,9 @@ func (r *Relay) openStreamContext(ctx context.Context, s *relaySession) (net.Con
 	}
 }
 
+// kubeletErrorGrace is how long a data stream's EOF waits for the kubelet's error message.
+const kubeletErrorGrace = 250 * time.Millisecond
+
 // openStream creates the error and data streams of one forwarded connection, as client-go's
 // port-forwarder does per accepted local connection, and returns the data stream as a net.Conn.
 func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
@@ -344,10 +347,13 @@ func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
 	}()
 	go func() {
 		_, _ = io.Copy(remote, data)
-		// The kubelet's error, if any, explains why the data ended: let the reader see it.
+		// The kubelet's error, if any, explains why the data ended: let the reader see it. The
+		// kubelet writes and closes the error stream before the data stream, and the session keeps
+		// frames in order, so it is all but here already. It does not close it at all while our
+		// side still sends (a half-close from the pod): then the reader must see EOF now.
 		select {
 		case <-errDone:
-		case <-time.After(5 * time.Second):
+		case <-time.After(kubeletErrorGrace):
 		}
 		_ = remote.Close()
 	}()
