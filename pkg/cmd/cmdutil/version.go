@@ -2,12 +2,10 @@
 package cmdutil
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
 
 	"github.com/apiproxy/apiproxy/pkg/version"
 )
@@ -34,20 +32,8 @@ func PrintVersion(out io.Writer, format string) error {
 	case "":
 		_, err := fmt.Fprintln(out, info.String())
 		return err
-	case "json":
-		b, err := json.MarshalIndent(info, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintln(out, string(b))
-		return err
-	case "yaml":
-		b, err := yaml.Marshal(info)
-		if err != nil {
-			return err
-		}
-		_, err = out.Write(b)
-		return err
+	case "json", "yaml":
+		return PrintStructured(out, format, info)
 	default:
 		return fmt.Errorf("unknown output format %q: use json or yaml, or leave -o unset", format)
 	}

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -17,8 +16,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	"sigs.k8s.io/yaml"
 
+	"github.com/apiproxy/apiproxy/pkg/cmd/cmdutil"
 	"github.com/apiproxy/apiproxy/pkg/liqo"
 )
 
@@ -275,20 +274,8 @@ func printProxyAddress(out io.Writer, format string, res *liqo.Result) error {
 	case "":
 		_, err := fmt.Fprintln(out, res.FinalIP)
 		return err
-	case "json":
-		b, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintln(out, string(b))
-		return err
-	case "yaml":
-		b, err := yaml.Marshal(res)
-		if err != nil {
-			return err
-		}
-		_, err = out.Write(b)
-		return err
+	case "json", "yaml":
+		return cmdutil.PrintStructured(out, format, res)
 	}
 	w := printers.GetNewTabWriter(out)
 	fmt.Fprintln(w, "NAME\tLOCAL IP\tREMAPPED IP\tCONSUMER\tREMAPPED EXT CIDR\tFINAL IP\tPROXY URL")

@@ -13,6 +13,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
+	"github.com/apiproxy/apiproxy/pkg/cmd/cmdutil"
 	"github.com/apiproxy/apiproxy/pkg/install"
 )
 
@@ -71,12 +72,7 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 		return err
 	}
 	if o.output == "json" {
-		b, err := json.MarshalIndent(r, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintln(o.Out, string(b))
-		return err
+		return cmdutil.PrintStructured(o.Out, o.output, r)
 	}
 	return printStatus(o.Out, r)
 }
