@@ -77,7 +77,7 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		return nil, errors.New("internal error: a client dry run renders offline (RenderOffline)")
 	}
 	// Decide everything that can fail before changing anything.
-	createIP, err := decideIP(ctx, c, o, log)
+	ipName, createIP, err := decideIP(ctx, c, o, log)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +129,7 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		}
 	}
 	if createIP {
-		ip, err := applyIP(ctx, c, o, proxyClusterIP, dryRun, log)
+		ip, err := applyIP(ctx, c, o, ipName, proxyClusterIP, dryRun, log)
 		if err != nil {
 			return applied, err
 		}

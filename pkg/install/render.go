@@ -41,8 +41,10 @@ type WebhookCerts struct {
 type RenderInput struct {
 	// Certs must be set when the webhook role is selected.
 	Certs *WebhookCerts
-	// ProxyClusterIP, when set, renders Liqo's IP resource with it as spec.ip.
+	// ProxyClusterIP, when set, renders Liqo's IP resource with it as spec.ip, named IPName
+	// (default IPResourceName).
 	ProxyClusterIP string
+	IPName         string
 	// SkipNamespace leaves the Namespace out (it exists and belongs to someone else).
 	SkipNamespace bool
 	// NodeRoleInstalled keeps the namespace's Pod Security level at privileged when the node role
@@ -70,6 +72,7 @@ type values struct {
 	NodeSecurityContext                              map[string]any
 	WebhookCertDir, CASecretName, TLSSecretName      string
 	WebhookConfigName, LiqoNamespace, ProxyClusterIP string
+	IPName                                           string
 	Certs                                            WebhookCerts
 }
 
@@ -101,6 +104,10 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 		WebhookConfigName:    WebhookConfigName(o.Namespace),
 		LiqoNamespace:        o.LiqoNamespace,
 		ProxyClusterIP:       in.ProxyClusterIP,
+		IPName:               in.IPName,
+	}
+	if v.IPName == "" {
+		v.IPName = IPResourceName
 	}
 	if o.Has(RoleNode) || in.NodeRoleInstalled {
 		v.PodSecurity = "privileged"

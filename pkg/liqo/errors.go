@@ -22,6 +22,8 @@ var (
 	ErrSeveralConfigurations = errors.New("several configurations for the cluster ID")
 	// ErrInvalidValue: an address or CIDR that does not parse, or a field of an unexpected type.
 	ErrInvalidValue = errors.New("invalid value")
+	// ErrSeveralIPs: more than one IP object of kubectl apiproxy, and no --name to pick one.
+	ErrSeveralIPs = errors.New("several IP objects of kubectl apiproxy")
 	// ErrClusterID: a cluster ID is missing, ambiguous or does not match the object.
 	ErrClusterID = errors.New("cluster ID problem")
 )

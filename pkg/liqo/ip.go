@@ -12,19 +12,13 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
-// readIP fills the IP object's part of res: local IP, remapped IP and, in the current shape, the
-// CIDR it came from.
+// readIP fills the IP object's part of res: which object (and so which proxy) was chosen, local
+// IP, remapped IP and, in the current shape, the CIDR it came from.
 func readIP(ctx context.Context, req Request, res *Result) error {
 	p := req.Provider
-	obj, err := p.Dynamic.Resource(IPResource).Namespace(req.Namespace).Get(ctx, req.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		if nsErr := servedError(p, IPResource, "IP", "(the provider is the current context)"); nsErr != nil {
-			return nsErr
-		}
-		return fail(ErrNotFound, "IP %s not found in the provider %s: install the proxy there (kubectl apiproxy install creates it when Liqo is present), or check --liqo-namespace and --name", res.IP, p.Name)
-	}
+	obj, err := chooseIP(ctx, req, res)
 	if err != nil {
-		return fmt.Errorf("reading IP %s in %s: %w", res.IP, p.Name, err)
+		return err
 	}
 	what := fmt.Sprintf("IP %s in %s", res.IP, p.Name)
 
@@ -131,4 +125,67 @@ func parsePrefix(what, field, s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fail(ErrInvalidValue, "%s: %s %q is not a CIDR (want e.g. 10.81.0.0/16 or fd00::/64)", what, field, s)
 	}
 	return p.Masked(), nil
+}
+
+// chooseIP finds the IP object to use and records why in res. An explicit name (--name) is used as
+// given; otherwise the IP of kubectl apiproxy's own proxy (found by OwnSelector, whatever its name)
+// comes first, and Liqo's DefaultName second: in a cluster that also runs Liqo's own API server
+// proxy, the user gets the proxy they installed, and is told which one it is.
+func chooseIP(ctx context.Context, req Request, res *Result) (*unstructured.Unstructured, error) {
+	p := req.Provider
+	ips := p.Dynamic.Resource(IPResource).Namespace(req.Namespace)
+	name, by := req.Name, "--name"
+	if name == "" {
+		list, err := ips.List(ctx, metav1.ListOptions{LabelSelector: OwnSelector})
+		if apierrors.IsNotFound(err) || err == nil && len(list.Items) == 0 {
+			if nsErr := servedError(p, IPResource, "IP", "(the provider is the current context)"); nsErr != nil {
+				return nil, nsErr
+			}
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("listing the IP objects labelled %s in namespace %s of %s: %w", OwnSelector, req.Namespace, p.Name, err)
+		}
+		switch {
+		case err == nil && len(list.Items) == 1:
+			name, by = list.Items[0].GetName(), "label "+OwnSelector
+		case err == nil && len(list.Items) > 1:
+			var names []string
+			for _, it := range list.Items {
+				names = append(names, it.GetNamespace()+"/"+it.GetName()+" (install namespace "+it.GetLabels()[installNamespaceLabel]+")")
+			}
+			slices.Sort(names)
+			return nil, fail(ErrSeveralIPs, "several IP objects of kubectl apiproxy in %s (%s): pick one with --name", p.Name, strings.Join(names, ", "))
+		default:
+			name, by = DefaultName, "default name (no IP labelled "+OwnSelector+")"
+		}
+	}
+	res.IP = ObjectRef{Cluster: p.Name, Namespace: req.Namespace, Name: name}
+	res.IPSelectedBy = by
+	obj, err := ips.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		if nsErr := servedError(p, IPResource, "IP", "(the provider is the current context)"); nsErr != nil {
+			return nil, nsErr
+		}
+		return nil, fail(ErrNotFound, "IP %s not found in the provider %s: install the proxy there (kubectl apiproxy install creates it when Liqo is present), or check --liqo-namespace and --name", res.IP, p.Name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading IP %s in %s: %w", res.IP, p.Name, err)
+	}
+	res.Proxy = describeProxy(obj)
+	return obj, nil
+}
+
+// describeProxy says whose proxy an IP object stands for: ours carries our labels.
+func describeProxy(obj *unstructured.Unstructured) string {
+	l := obj.GetLabels()
+	if l[partOfLabel] == OwnPartOf {
+		if ns := l[installNamespaceLabel]; ns != "" {
+			return "kubectl apiproxy's proxy (install namespace " + ns + ")"
+		}
+		return "kubectl apiproxy's proxy"
+	}
+	if obj.GetName() == DefaultName {
+		return "Liqo's own API server proxy (not installed by kubectl apiproxy)"
+	}
+	return "a proxy not installed by kubectl apiproxy"
 }

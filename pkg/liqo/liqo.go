@@ -45,6 +45,13 @@ const (
 	// ClusterIDSelector selects the ConfigMap holding a cluster's own ID under ClusterIDKey.
 	ClusterIDSelector = "app.kubernetes.io/name=clusterid-configmap"
 	ClusterIDKey      = "CLUSTER_ID"
+
+	// OwnSelector finds the objects kubectl apiproxy installed (the labels pkg/install writes; this
+	// package cannot import it). OwnPartOf is the label's value.
+	OwnSelector           = partOfLabel + "=" + OwnPartOf
+	OwnPartOf             = "apiproxy"
+	partOfLabel           = "app.kubernetes.io/part-of"
+	installNamespaceLabel = "apiproxy.io/install-namespace"
 )
 
 // Cluster is one cluster to read from.
@@ -77,7 +84,8 @@ type Request struct {
 	Consumer *Cluster
 	// Namespace is the Liqo namespace, in both clusters (DefaultNamespace).
 	Namespace string
-	// Name is the IP object's name (DefaultName).
+	// Name is the IP object's name; empty picks the IP object of kubectl apiproxy's own proxy
+	// (labelled OwnSelector) when there is one, else DefaultName.
 	Name string
 	// ProxyPort is the proxy's port, for Result.ProxyURL (DefaultProxyPort).
 	ProxyPort int
@@ -100,6 +108,10 @@ type Result struct {
 	// "status.ipMappings" (v1.0.0-rc.1/rc.2).
 	IP          ObjectRef `json:"ip"`
 	StatusShape string    `json:"statusShape"`
+	// IPSelectedBy says how IP was chosen ("--name", "label ...", "default name ..."), and Proxy
+	// whose proxy it stands for (kubectl apiproxy's, or Liqo's own).
+	IPSelectedBy string `json:"ipSelectedBy"`
+	Proxy        string `json:"proxy"`
 	// LocalIP is spec.ip (the proxy Service ClusterIP), as found.
 	LocalIP string `json:"localIP,omitempty"`
 	// RemappedIP is the address the provider's fabric exposes the proxy at, and RemappedCIDR the
@@ -173,9 +185,6 @@ func Resolve(ctx context.Context, req Request) (*Result, error) {
 	if req.Namespace == "" {
 		req.Namespace = DefaultNamespace
 	}
-	if req.Name == "" {
-		req.Name = DefaultName
-	}
 	if req.ProxyPort == 0 {
 		req.ProxyPort = DefaultProxyPort
 	}
@@ -184,7 +193,6 @@ func Resolve(ctx context.Context, req Request) (*Result, error) {
 	}
 	res := &Result{
 		Provider: req.Provider.Name,
-		IP:       ObjectRef{Cluster: req.Provider.Name, Namespace: req.Namespace, Name: req.Name},
 	}
 	if req.Consumer != nil {
 		res.Consumer = req.Consumer.Name

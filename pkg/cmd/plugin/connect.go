@@ -214,6 +214,7 @@ func (o *ConnectOptions) resolveProxyURL(ctx context.Context) (string, error) {
 	for _, w := range res.Warnings {
 		fmt.Fprintln(o.ErrOut, "Warning:", w)
 	}
+	fmt.Fprintln(o.ErrOut, DescribeIPChoice(res))
 	fmt.Fprintf(o.ErrOut, "proxy of %q as seen from %q: %s\n", o.target.ContextName, res.Consumer, res.ProxyURL)
 	return res.ProxyURL, nil
 }

@@ -45,7 +45,7 @@ type ProxyAddressOptions struct {
 
 // NewProxyAddressOptions returns the options with Liqo's defaults.
 func NewProxyAddressOptions() *ProxyAddressOptions {
-	return &ProxyAddressOptions{LiqoNamespace: liqo.DefaultNamespace, Name: liqo.DefaultName, ProxyPort: liqo.DefaultProxyPort}
+	return &ProxyAddressOptions{LiqoNamespace: liqo.DefaultNamespace, ProxyPort: liqo.DefaultProxyPort}
 }
 
 // AddFlags registers the flags (names are part of the plugin's interface).
@@ -55,7 +55,7 @@ func (o *ProxyAddressOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.LocalClusterID, "local-cluster-id", o.LocalClusterID, "Liqo cluster ID of the current (provider) cluster (default: read from its clusterid ConfigMap)")
 	fs.StringVar(&o.RemoteClusterID, "remote-cluster-id", o.RemoteClusterID, "Liqo cluster ID of the consumer cluster (default: read from its clusterid ConfigMap)")
 	fs.StringVar(&o.LiqoNamespace, "liqo-namespace", o.LiqoNamespace, "Namespace of Liqo, in both clusters")
-	fs.StringVar(&o.Name, "name", o.Name, "Name of the IP object of the proxy in the Liqo namespace")
+	fs.StringVar(&o.Name, "name", o.Name, "Name of the IP object of the proxy in the Liqo namespace (default: the one kubectl apiproxy install created, labelled "+liqo.OwnSelector+", else "+liqo.DefaultName+", Liqo's own proxy)")
 	fs.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port the proxy listens on")
 	fs.StringVar(&o.RemoteCIDR, "remote-cidr", o.RemoteCIDR, "CIDR the consumer sees the provider's external CIDR as (its Configuration's status.remote.cidr.external); skips reading the consumer")
 }
@@ -75,9 +75,6 @@ func (o *ProxyAddressOptions) Validate() error {
 	}
 	if o.LiqoNamespace == "" {
 		return fmt.Errorf("--liqo-namespace must not be empty")
-	}
-	if o.Name == "" {
-		return fmt.Errorf("--name must not be empty")
 	}
 	return nil
 }
@@ -218,8 +215,11 @@ func newGetIPCommand(configFlags *genericclioptions.ConfigFlags, streams generic
 		Long: `Print the address the consumer cluster (--remote) uses to reach the API server proxy of the
 current context (the provider), through the Liqo network fabric.
 
-It reads the proxy's IP object (ipam.liqo.io/v1alpha1, liqo/api-server-proxy) in the provider,
-the consumer's Configuration for the provider (networking.liqo.io/v1beta1), and remaps the
+It reads the proxy's IP object (ipam.liqo.io/v1alpha1) in the provider: the one kubectl apiproxy
+install created (labelled app.kubernetes.io/part-of=apiproxy, e.g. liqo/apiproxy beside Liqo's
+own), else liqo/api-server-proxy, or the one --name gives; it says on stderr which object and
+whose proxy it used. Then it reads the consumer's Configuration for the provider
+(networking.liqo.io/v1beta1), and remaps the
 address into the CIDR the consumer sees the provider's external CIDR as: 10.70.0.3 in
 10.70.0.0/16 remapped to 10.81.0.0/16 gives 10.81.0.3.`,
 		Example: `  # The address cl01 uses to reach the proxy of cl02
@@ -266,6 +266,9 @@ func (o *getIPOptions) Run(ctx context.Context) error {
 	for _, w := range res.Warnings {
 		fmt.Fprintf(o.ErrOut, "Warning: %s\n", w)
 	}
+	if o.output == "" {
+		fmt.Fprintln(o.ErrOut, DescribeIPChoice(res))
+	}
 	return printProxyAddress(o.Out, o.output, res)
 }
 
@@ -278,10 +281,27 @@ func printProxyAddress(out io.Writer, format string, res *liqo.Result) error {
 		return cmdutil.PrintStructured(out, format, res)
 	}
 	w := printers.GetNewTabWriter(out)
-	fmt.Fprintln(w, "NAME\tLOCAL IP\tREMAPPED IP\tCONSUMER\tREMAPPED EXT CIDR\tFINAL IP\tPROXY URL")
-	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", res.IP.Name, orNone(res.LocalIP), res.RemappedIP,
+	fmt.Fprintln(w, "NAME\tPROXY\tLOCAL IP\tREMAPPED IP\tCONSUMER\tREMAPPED EXT CIDR\tFINAL IP\tPROXY URL")
+	fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", res.IP.Name, proxyColumn(res), orNone(res.LocalIP), res.RemappedIP,
 		orNone(res.Consumer), orNone(res.RemappedExternalCIDR()), res.FinalIP, res.ProxyURL)
 	return w.Flush()
+}
+
+// DescribeIPChoice is the line get-ip and connect print on stderr: which IP object, chosen how, and
+// whose proxy it stands for.
+func DescribeIPChoice(res *liqo.Result) string {
+	return fmt.Sprintf("using IP %s in %s (%s): %s", res.IP, res.Provider, res.IPSelectedBy, res.Proxy)
+}
+
+// proxyColumn is -o wide's short form of res.Proxy.
+func proxyColumn(res *liqo.Result) string {
+	if strings.HasPrefix(res.Proxy, "kubectl apiproxy") {
+		return "apiproxy"
+	}
+	if strings.HasPrefix(res.Proxy, "Liqo") {
+		return "liqo"
+	}
+	return "other"
 }
 
 func orNone(s string) string {

@@ -108,8 +108,8 @@ func TestGetIPOnRealClusters(t *testing.T) {
 
 	t.Run("default output is the final IP alone", func(t *testing.T) {
 		out, errOut, err := w.run(t, seed...)
-		if err != nil || out != "10.81.0.3\n" || errOut != "" {
-			t.Fatalf("stdout %q, stderr %q, err %v; want 10.81.0.3 alone", out, errOut, err)
+		if err != nil || out != "10.81.0.3\n" || errOut != "using IP liqo/api-server-proxy in cl02 (default name (no IP labelled app.kubernetes.io/part-of=apiproxy)): Liqo's own API server proxy (not installed by kubectl apiproxy)\n" {
+			t.Fatalf("stdout %q, stderr %q, err %v; want 10.81.0.3 alone, and on stderr which IP object and proxy", out, errOut, err)
 		}
 	})
 
@@ -124,7 +124,8 @@ func TestGetIPOnRealClusters(t *testing.T) {
 		}
 		checkSeedResult(t, &res)
 		// The raw document uses the documented field names.
-		for _, key := range []string{`"finalIP": "10.81.0.3"`, `"proxyURL": "http://10.81.0.3:8118"`, `"statusShape": "status.ip"`, `"localIP": "10.95.245.141"`} {
+		for _, key := range []string{`"finalIP": "10.81.0.3"`, `"proxyURL": "http://10.81.0.3:8118"`, `"statusShape": "status.ip"`, `"localIP": "10.95.245.141"`,
+			`"proxy": "Liqo's own API server proxy (not installed by kubectl apiproxy)"`, `"ipSelectedBy": "default name`} {
 			if !strings.Contains(out, key) {
 				t.Errorf("JSON lacks %s:\n%s", key, out)
 			}
@@ -336,8 +337,8 @@ func TestGetIPOnRealClusters(t *testing.T) {
 			}
 			return o.String(), e.String(), code
 		}
-		if out, errOut, code := runBin(seed...); code != 0 || out != "10.81.0.3\n" || errOut != "" {
-			t.Errorf("success: exit %d, stdout %q, stderr %q; want 0, the IP alone, nothing", code, out, errOut)
+		if out, errOut, code := runBin(seed...); code != 0 || out != "10.81.0.3\n" || !strings.HasPrefix(errOut, "using IP liqo/api-server-proxy") {
+			t.Errorf("success: exit %d, stdout %q, stderr %q; want 0, the IP alone, the IP object used", code, out, errOut)
 		}
 		if out, errOut, code := runBin(append(seed, "--name", "nope")...); code == 0 || out != "" || !strings.Contains(errOut, "error: IP liqo/nope not found") {
 			t.Errorf("error: exit %d, stdout %q, stderr %q; want non-zero, nothing, the error", code, out, errOut)
