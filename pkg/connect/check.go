@@ -3,38 +3,24 @@ package connect
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/apiproxy/apiproxy/pkg/tunnel"
+	"github.com/apiproxy/apiproxy/pkg/hops"
 )
 
 // Check opens one tunnel and completes a TLS handshake with the API server through it, verifying the
 // server's certificate for serverName with the target's CA and presenting the target's client
 // certificate, so a broken path fails before any client uses it. Errors say which hop failed and
-// what to do.
+// what to do (package hops, shared with `kubectl apiproxy check`).
 func Check(ctx context.Context, dial func(context.Context) (net.Conn, error), t *Target, serverName, proxy string) error {
-	restCfg, err := clientcmd.NewDefaultClientConfig(*t.Config, &clientcmd.ConfigOverrides{}).ClientConfig()
+	tlsCfg, err := TLSConfig(t, serverName)
 	if err != nil {
-		return fmt.Errorf("context %q: %w", t.ContextName, err)
+		return err
 	}
-	tlsCfg, err := rest.TLSConfigFor(restCfg)
-	if err != nil {
-		return fmt.Errorf("context %q: TLS settings: %w", t.ContextName, err)
-	}
-	if tlsCfg == nil {
-		return fmt.Errorf("context %q: server %s is not https: the proxy tunnels TLS end to end", t.ContextName, t.Server())
-	}
-	if serverName == "" {
-		serverName = t.ServerName()
-	}
-	tlsCfg.ServerName = serverName
-
 	conn, err := dial(ctx)
 	if err != nil {
 		return DescribeDialError(err, proxy)
@@ -42,27 +28,31 @@ func Check(ctx context.Context, dial func(context.Context) (net.Conn, error), t 
 	defer conn.Close()
 	tc := tls.Client(conn, tlsCfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		var hostErr x509.HostnameError
-		if errors.As(err, &hostErr) {
-			return fmt.Errorf("the API server reached through proxy %s presents a certificate not valid for %q (%v): pass --tls-server-name with a name the certificate carries", proxy, serverName, err)
-		}
-		var unknown x509.UnknownAuthorityError
-		if errors.As(err, &unknown) {
-			return fmt.Errorf("the server reached through proxy %s is not signed by context %q's certificate authority: is the proxy's upstream the API server of %q? (%v)", proxy, t.ContextName, t.ContextName, err)
-		}
-		return fmt.Errorf("TLS handshake with the API server through proxy %s failed: %w", proxy, err)
+		return hops.TLSError(err, proxy, tlsCfg.ServerName, t.ContextName)
 	}
 	return nil
 }
 
-// DescribeDialError turns a tunnel dial failure into a message naming the proxy and the hop.
-func DescribeDialError(err error, proxy string) error {
-	var ce *tunnel.ConnectError
-	if errors.As(err, &ce) {
-		return fmt.Errorf("proxy %s answered the CONNECT with %q: it reached the proxy, but the proxy could not open the tunnel to the API server (check the proxy's --upstream and its logs)", proxy, ce.Status)
+// TLSConfig is the target's client TLS configuration (its CA, its client certificate) verifying the
+// API server for serverName (default: the target's ServerName).
+func TLSConfig(t *Target, serverName string) (*tls.Config, error) {
+	restCfg, err := clientcmd.NewDefaultClientConfig(*t.Config, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("context %q: %w", t.ContextName, err)
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("proxy %s did not answer in time: is it reachable from this machine (through the fabric)? raise --dial-timeout if the path is slow: %w", proxy, err)
+	tlsCfg, err := rest.TLSConfigFor(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("context %q: TLS settings: %w", t.ContextName, err)
 	}
-	return fmt.Errorf("cannot reach proxy %s from this machine: %w", proxy, err)
+	if tlsCfg == nil {
+		return nil, fmt.Errorf("context %q: server %s is not https: the proxy tunnels TLS end to end", t.ContextName, t.Server())
+	}
+	if serverName == "" {
+		serverName = t.ServerName()
+	}
+	tlsCfg.ServerName = serverName
+	return tlsCfg, nil
 }
+
+// DescribeDialError turns a tunnel dial failure into a message naming the proxy and the hop.
+func DescribeDialError(err error, proxy string) error { return hops.DialError(err, proxy) }

@@ -173,7 +173,8 @@ func (r *Result) RemappedExternalCIDR() string {
 
 // Resolve reads the provider's IP object and, unless RemoteCIDR is set, the consumer's
 // Configuration for the provider, and returns the address the consumer reaches the proxy at. Every
-// error names the object involved and what to do; an address outside every CIDR is kept
+// error names the object involved and what to do, is tagged with its Stage (StageOf), and comes
+// with the Result as far as it got; an address outside every CIDR is kept
 // unchanged, as Liqo does, with a warning in Result.Warnings.
 func Resolve(ctx context.Context, req Request) (*Result, error) {
 	if req.Provider == nil {
@@ -198,14 +199,14 @@ func Resolve(ctx context.Context, req Request) (*Result, error) {
 		res.Consumer = req.Consumer.Name
 	}
 	if err := readIP(ctx, req, res); err != nil {
-		return nil, err
+		return res, staged(StageIP, err)
 	}
 	if req.RemoteCIDR != "" {
 		if err := remapIntoRemoteCIDR(req, res); err != nil {
-			return nil, err
+			return res, staged(StageAddress, err)
 		}
 	} else if err := remapThroughConfiguration(ctx, req, res); err != nil {
-		return nil, err
+		return res, staged(StageConfiguration, err)
 	}
 	res.ProxyURL = "http://" + net.JoinHostPort(res.FinalIP.String(), strconv.Itoa(req.ProxyPort))
 	return res, nil

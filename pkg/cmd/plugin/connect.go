@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -319,25 +320,31 @@ func (o *ConnectOptions) serve(ctx context.Context) error {
 // relay builds the port-forward relay into the --via context's proxy pods (same kubeconfig files as
 // the current context).
 func (o *ConnectOptions) relay() (*connect.Relay, error) {
+	return newRelay(o.configFlags, o.Via, o.ViaNamespace, o.address.ProxyPort, o.ErrOut)
+}
+
+// newRelay is the relay of connect --via and check --via: port-forward through the via context's
+// API server to its apiproxy proxy pods in namespace.
+func newRelay(configFlags *genericclioptions.ConfigFlags, via, namespace string, port int, log io.Writer) (*connect.Relay, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	if o.configFlags.KubeConfig != nil && *o.configFlags.KubeConfig != "" {
-		rules.ExplicitPath = *o.configFlags.KubeConfig
+	if configFlags.KubeConfig != nil && *configFlags.KubeConfig != "" {
+		rules.ExplicitPath = *configFlags.KubeConfig
 	}
 	raw, err := rules.Load()
 	if err != nil {
 		return nil, fmt.Errorf("loading the kubeconfig for --via: %w", err)
 	}
-	if err := checkContext(raw, o.Via, "--via", "the kubeconfig"); err != nil {
+	if err := checkContext(raw, via, "--via", "the kubeconfig"); err != nil {
 		return nil, err
 	}
-	cfg, err := clientcmd.NewNonInteractiveClientConfig(*raw, o.Via, &clientcmd.ConfigOverrides{}, rules).ClientConfig()
+	cfg, err := clientcmd.NewNonInteractiveClientConfig(*raw, via, &clientcmd.ConfigOverrides{}, rules).ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("client configuration of the --via context %q: %w", o.Via, err)
+		return nil, fmt.Errorf("client configuration of the --via context %q: %w", via, err)
 	}
 	return &connect.Relay{
-		Config: cfg, Context: o.Via, Namespace: o.ViaNamespace, Port: o.address.ProxyPort,
+		Config: cfg, Context: via, Namespace: namespace, Port: port,
 		Selector: install.LabelPartOf + "=" + install.PartOf + "," + install.LabelComponent + "=proxy",
-		Log:      func(format string, args ...any) { fmt.Fprintf(o.ErrOut, format+"\n", args...) },
+		Log:      func(format string, args ...any) { fmt.Fprintf(log, format+"\n", args...) },
 	}, nil
 }
 

@@ -79,16 +79,16 @@ func (o *ProxyAddressOptions) Validate() error {
 	return nil
 }
 
-// Resolve reads the provider (the context of configFlags) and, unless RemoteCIDR is set, the
-// consumer, and returns every step of the computation; see liqo.Resolve.
-func (o *ProxyAddressOptions) Resolve(ctx context.Context, configFlags *genericclioptions.ConfigFlags) (*liqo.Result, error) {
+// Request builds the liqo.Request of the flags: the provider is the context of configFlags, the
+// consumer the --remote context (none with --remote-cidr).
+func (o *ProxyAddressOptions) Request(configFlags *genericclioptions.ConfigFlags) (liqo.Request, error) {
 	providerName, providerConfig, err := providerConfig(configFlags)
 	if err != nil {
-		return nil, err
+		return liqo.Request{}, err
 	}
 	provider, err := liqo.NewCluster(providerName, providerConfig)
 	if err != nil {
-		return nil, err
+		return liqo.Request{}, err
 	}
 	req := liqo.Request{
 		Provider:          provider,
@@ -102,20 +102,33 @@ func (o *ProxyAddressOptions) Resolve(ctx context.Context, configFlags *genericc
 	if o.RemoteCIDR == "" {
 		name, cfg, err := o.ConsumerConfig(configFlags)
 		if err != nil {
-			return nil, err
+			return liqo.Request{}, err
 		}
 		if req.Consumer, err = liqo.NewCluster(name, cfg); err != nil {
-			return nil, err
+			return liqo.Request{}, err
 		}
 	}
-	res, err := liqo.Resolve(ctx, req)
+	return req, nil
+}
+
+// Resolve reads the provider (the context of configFlags) and, unless RemoteCIDR is set, the
+// consumer, and returns every step of the computation; see liqo.Resolve.
+func (o *ProxyAddressOptions) Resolve(ctx context.Context, configFlags *genericclioptions.ConfigFlags) (*liqo.Result, error) {
+	req, err := o.Request(configFlags)
 	if err != nil {
 		return nil, err
 	}
-	if res.Consumer == "" {
+	return o.ResolveRequest(ctx, req)
+}
+
+// ResolveRequest is Resolve with the request already built; on error the result holds the steps
+// done so far.
+func (o *ProxyAddressOptions) ResolveRequest(ctx context.Context, req liqo.Request) (*liqo.Result, error) {
+	res, err := liqo.Resolve(ctx, req)
+	if res != nil && res.Consumer == "" {
 		res.Consumer = o.Remote
 	}
-	return res, nil
+	return res, err
 }
 
 // ConsumerConfig loads the --remote context from --remote-kubeconfig, or from the kubeconfig of

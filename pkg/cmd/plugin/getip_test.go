@@ -158,8 +158,8 @@ func TestGetIPOnRealClusters(t *testing.T) {
 			t.Fatalf("want a header and one row:\n%s", out)
 		}
 		header, row := strings.Fields(lines[0]), strings.Fields(lines[1])
-		wantHeader := "NAME LOCAL IP REMAPPED IP CONSUMER REMAPPED EXT CIDR FINAL IP PROXY URL"
-		wantRow := "api-server-proxy 10.95.245.141 10.70.0.3 cl01 10.81.0.0/16 10.81.0.3 http://10.81.0.3:8118"
+		wantHeader := "NAME PROXY LOCAL IP REMAPPED IP CONSUMER REMAPPED EXT CIDR FINAL IP PROXY URL"
+		wantRow := "api-server-proxy liqo 10.95.245.141 10.70.0.3 cl01 10.81.0.0/16 10.81.0.3 http://10.81.0.3:8118"
 		if strings.Join(header, " ") != wantHeader || strings.Join(row, " ") != wantRow {
 			t.Errorf("table:\n%s\nwant columns %q and values %q", out, wantHeader, wantRow)
 		}
