@@ -49,10 +49,6 @@ func DialError(err error, proxy string) *Failure {
 	if errors.As(err, &ce) {
 		return ConnectAnswer(ce.StatusCode, ce.Status, proxy)
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return &Failure{Hop: TCP, Msg: fmt.Sprintf("proxy %s did not answer in time", proxy),
-			Fix: "is it reachable from this machine (through the fabric)? raise --dial-timeout if the path is slow", Err: err}
-	}
 	return TCPError(err, proxy)
 }
 
