@@ -81,6 +81,7 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 	if err != nil {
 		return nil, err
 	}
+	warnNodeIP(ctx, c, o, log)
 	if o.Relay {
 		if o.AllowTargets, err = relayTargets(ctx, c, o, log); err != nil {
 			return nil, err

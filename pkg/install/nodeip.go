@@ -1,0 +1,135 @@
+package install
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// SafeNodeIPExample is the address the README and the warnings suggest for --node-ip: link-local
+// (169.254.0.0/16) is never a Service, pod or routed address, so neither kube-proxy nor the CNI can
+// claim it; NodeLocal DNSCache uses 169.254.20.10 the same way (stay clear of that one and of the
+// cloud metadata address 169.254.169.254).
+const SafeNodeIPExample = "169.254.20.11"
+
+var (
+	serviceCIDRResource = schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "servicecidrs"}
+	nodeResource        = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
+	serviceResource     = schema.GroupVersionResource{Version: "v1", Resource: "services"}
+)
+
+// Range is a CIDR of the cluster and where it was read.
+type Range struct {
+	CIDR   netip.Prefix
+	Source string
+	// Assumed marks a range guessed from one address (no ServiceCIDR objects).
+	Assumed bool
+}
+
+// ClusterRanges reads the cluster's service CIDRs (ServiceCIDR objects, networking.k8s.io/v1;
+// without them, the range around the kubernetes Service's address) and pod CIDRs (Node
+// .spec.podCIDRs).
+func ClusterRanges(ctx context.Context, c *Client) ([]Range, error) {
+	var out []Range
+	list, err := c.Dynamic.Resource(serviceCIDRResource).List(ctx, metav1.ListOptions{})
+	switch {
+	case err == nil && len(list.Items) > 0:
+		for _, it := range list.Items {
+			cidrs, _, _ := unstructured.NestedStringSlice(it.Object, "spec", "cidrs")
+			for _, s := range cidrs {
+				if p, err := netip.ParsePrefix(s); err == nil {
+					out = append(out, Range{CIDR: p.Masked(), Source: "ServiceCIDR " + it.GetName()})
+				}
+			}
+		}
+	case err == nil || apierrors.IsNotFound(err):
+		svc, err := c.Dynamic.Resource(serviceResource).Namespace(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err != nil {
+			return out, fmt.Errorf("no ServiceCIDR objects, and reading Service default/kubernetes: %w", err)
+		}
+		ips, _, _ := unstructured.NestedStringSlice(svc.Object, "spec", "clusterIPs")
+		if len(ips) == 0 {
+			ip, _, _ := unstructured.NestedString(svc.Object, "spec", "clusterIP")
+			ips = []string{ip}
+		}
+		for _, s := range ips {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				continue
+			}
+			// The address is the first of the service range, whose size is unknown: assume the
+			// smallest common one (a /16, or a /112 for IPv6) rather than nothing.
+			bits := 16
+			if a.Is6() {
+				bits = 112
+			}
+			p, _ := a.Prefix(bits)
+			out = append(out, Range{CIDR: p, Source: "assumed around Service default/kubernetes " + s + " (no ServiceCIDR objects)", Assumed: true})
+		}
+	default:
+		return out, fmt.Errorf("listing ServiceCIDRs: %w", err)
+	}
+	nodes, err := c.Dynamic.Resource(nodeResource).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return out, fmt.Errorf("listing Nodes for their pod CIDRs: %w", err)
+	}
+	for _, n := range nodes.Items {
+		cidrs, _, _ := unstructured.NestedStringSlice(n.Object, "spec", "podCIDRs")
+		if len(cidrs) == 0 {
+			if one, _, _ := unstructured.NestedString(n.Object, "spec", "podCIDR"); one != "" {
+				cidrs = []string{one}
+			}
+		}
+		for _, s := range cidrs {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				out = append(out, Range{CIDR: p.Masked(), Source: "pod CIDR of Node " + n.GetName()})
+			}
+		}
+	}
+	return out, nil
+}
+
+// NodeIPCollisions lists the ranges nodeIP lies in, one message each.
+func NodeIPCollisions(nodeIP string, ranges []Range) []string {
+	a, err := netip.ParseAddr(nodeIP)
+	if err != nil {
+		return nil
+	}
+	a = a.Unmap()
+	var msgs []string
+	for _, r := range ranges {
+		if !r.CIDR.Contains(a) {
+			continue
+		}
+		what := "the service CIDR"
+		claim := "kube-proxy may route it to a Service that gets this address"
+		if strings.HasPrefix(r.Source, "pod CIDR") {
+			what, claim = "the pod CIDR", "the CNI may give it to a pod"
+		}
+		msgs = append(msgs, fmt.Sprintf("--node-ip %s lies inside %s %s (%s): %s; pick an address outside every cluster range, e.g. %s (link-local)",
+			nodeIP, what, r.CIDR, r.Source, claim, SafeNodeIPExample))
+	}
+	return msgs
+}
+
+// warnNodeIP warns (on log) when --node-ip lies inside a service or pod CIDR of the cluster. A
+// warning, not a refusal: the address may be reserved on purpose; the user decides.
+func warnNodeIP(ctx context.Context, c *Client, o Options, log io.Writer) {
+	if !o.Has(RoleNode) {
+		return
+	}
+	ranges, err := ClusterRanges(ctx, c)
+	if err != nil {
+		fmt.Fprintf(log, "Warning: cannot check --node-ip %s against the cluster's service and pod CIDRs: %v\n", o.NodeIP, err)
+	}
+	for _, msg := range NodeIPCollisions(o.NodeIP, ranges) {
+		fmt.Fprintln(log, "Warning:", msg)
+	}
+}
