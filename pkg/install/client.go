@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 )
@@ -40,6 +41,8 @@ type Client struct {
 	Dynamic   dynamic.Interface
 	Discovery discovery.DiscoveryInterface
 	Mapper    meta.ResettableRESTMapper
+	// Typed serves the watches of --wait and uninstall, events and pod logs.
+	Typed kubernetes.Interface
 }
 
 // NewClient builds a Client from a REST config.
@@ -52,7 +55,12 @@ func NewClient(cfg *rest.Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	typed, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return &Client{
+		Typed:     typed,
 		Dynamic:   dyn,
 		Discovery: dc,
 		Mapper:    restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)),
