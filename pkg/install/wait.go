@@ -80,6 +80,10 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 				}
 			}
 			if failed := failedStates(states); len(failed) > 0 {
+				// The events' watch may lag the pods' watch: read them afresh for the verdict.
+				if events, err := freshEvents(context.WithoutCancel(ctx), c, namespace); err == nil {
+					failed = failedStates(w.evaluateWith(events, roles, start, time.Now()))
+				}
 				// Logs through the kubelet: outside the wait's deadline, each read bounded on its own.
 				for i := range failed {
 					diagnose.AddLogs(context.WithoutCancel(ctx), diagnose.ClientLogs(c.Typed), namespace, failed[i].problems)
@@ -235,6 +239,10 @@ func (w *workloadWatch) evaluate(roles []Role, since, now time.Time) []workloadS
 	for _, o := range w.infs[3].GetStore().List() {
 		events = append(events, *o.(*corev1.Event))
 	}
+	return w.evaluateWith(events, roles, since, now)
+}
+
+func (w *workloadWatch) evaluateWith(events []corev1.Event, roles []Role, since, now time.Time) []workloadState {
 	var states []workloadState
 	for _, role := range roles {
 		ref := roleWorkloads[role]
@@ -286,6 +294,17 @@ func judge(ref workloadRef, obj *unstructured.Unstructured, pods []*corev1.Pod, 
 		s.problems = append(s.problems, diagnose.Pod(p, events, now)...)
 	}
 	return s
+}
+
+// freshEvents lists the namespace's events with one bounded request.
+func freshEvents(ctx context.Context, c *Client, namespace string) ([]corev1.Event, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	list, err := c.Typed.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return list.Items, nil
 }
 
 func observedGeneration(u *unstructured.Unstructured) int64 {

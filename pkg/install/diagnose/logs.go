@@ -67,7 +67,7 @@ func AddLogs(ctx context.Context, logs Logs, namespace string, problems []Proble
 		case err != nil:
 			p.LogsError = fmt.Sprintf("not readable (%v): try kubectl -n %s logs %s -c %s --previous", firstLine(err.Error()), namespace, p.Pod, p.Container)
 		default:
-			p.LogsError = "the container wrote no log lines"
+			p.LogsError = fmt.Sprintf("none returned: try kubectl -n %s logs %s -c %s --previous", namespace, p.Pod, p.Container)
 		}
 	}
 }
