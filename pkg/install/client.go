@@ -25,11 +25,13 @@ var (
 	gvkPDB             = schema.GroupVersionKind{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"}
 	gvkService         = schema.GroupVersionKind{Version: "v1", Kind: "Service"}
 	gvkSecret          = schema.GroupVersionKind{Version: "v1", Kind: "Secret"}
+	gvkRole            = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"}
+	gvkRoleBinding     = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"}
 	gvkServiceAccount  = schema.GroupVersionKind{Version: "v1", Kind: "ServiceAccount"}
 	gvkNamespace       = schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}
 	gvkPod             = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
 
-	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkServiceAccount, gvkNamespace}
+	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkRoleBinding, gvkRole, gvkServiceAccount, gvkNamespace}
 )
 
 // IPCRDName is Liqo's IP CustomResourceDefinition.

@@ -32,7 +32,7 @@ func (w workloadRef) String() string { return strings.ToLower(w.Kind) + " " + w.
 // roleWorkloads are the workloads the manifests in deploy/ create, per role.
 var roleWorkloads = map[Role]workloadRef{
 	RoleProxy:   {RoleProxy, "Deployment", "apiproxy-proxy"},
-	RoleNode:    {RoleNode, "DaemonSet", "apiproxy-node"},
+	RoleNode:    {RoleNode, "DaemonSet", nodeDaemonSetName},
 	RoleWebhook: {RoleWebhook, "Deployment", "apiproxy-webhook"},
 }
 

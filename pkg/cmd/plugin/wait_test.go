@@ -288,4 +288,77 @@ func TestInstallWait(t *testing.T) {
 			t.Errorf("progress lacks the pod's state:\n%s", errOut)
 		}
 	})
+
+	t.Run("uninstall waits for the node pods", func(t *testing.T) { testUninstallWaitsForNodePods(t, cl) })
+}
+
+// nodePod is a pod of the node DaemonSet on node-1, as its controller would create it.
+func nodePod(t *testing.T, cs kubernetes.Interface, ns, name string) {
+	t.Helper()
+	no := false
+	_, err := cs.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+			install.LabelPartOf: install.PartOf, install.LabelInstallNamespace: ns, install.LabelComponent: "node"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "apiproxy-node", AutomountServiceAccountToken: &no, NodeName: "node-1",
+			Containers: []corev1.Container{{Name: "node", Image: "registry.example/agent:v1"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// uninstall deletes the DaemonSet, then waits for its pods (they clean their nodes when they find it
+// gone, and need their Role for that) before deleting the Role and the rest; the wait is bounded.
+func testUninstallWaitsForNodePods(t *testing.T, cl *harness.Cluster) {
+	kc := cl.Kubeconfig
+	cs := cl.Clientset(t)
+	ctx := context.Background()
+	for _, ns := range []string{"uninst-a", "uninst-b"} {
+		if _, errOut, err := runApiproxy(t, kc, "install", "-n", ns, "--roles", "node", "--node-ip", "10.96.0.7"); err != nil {
+			t.Fatalf("install: %v\n%s", err, errOut)
+		}
+		nodePod(t, cs, ns, "apiproxy-node-x1")
+	}
+
+	// The pod goes (the garbage collector and the kubelet, played here): uninstall finishes.
+	w := startWait(t, kc, "uninstall", "-n", "uninst-a", "--timeout", "5m")
+	w.until(t, "waiting (at most 5m0s) for 1 pod(s) of daemonset apiproxy-node to stop; each removes 10.96.0.7, apiproxy0 and its rules from its node: apiproxy-node-x1 on node-1")
+	if _, err := cs.AppsV1().DaemonSets("uninst-a").Get(ctx, "apiproxy-node", metav1.GetOptions{}); err == nil {
+		t.Error("the DaemonSet still exists while uninstall waits for its pods: they would keep the address")
+	}
+	if _, err := cs.RbacV1().Roles("uninst-a").Get(ctx, "apiproxy-node", metav1.GetOptions{}); err != nil {
+		t.Errorf("the pods' Role is gone while they still have to ask about their DaemonSet: %v", err)
+	}
+	zero := int64(0)
+	if err := cs.CoreV1().Pods("uninst-a").Delete(ctx, "apiproxy-node-x1", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.result(t); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, w.stderr.String())
+	}
+	w.until(t, "the node role's pods are gone after")
+	if _, err := cs.RbacV1().Roles("uninst-a").Get(ctx, "apiproxy-node", metav1.GetOptions{}); err == nil {
+		t.Error("uninstall left the Role")
+	}
+
+	// A pod that never goes (its node is down): bounded, named, and the rest is deleted anyway.
+	_, errOut, err := runApiproxy(t, kc, "uninstall", "-n", "uninst-b", "--timeout", "1s")
+	if err == nil || !strings.Contains(err.Error(), "pods still running: apiproxy-node-x1 on node-1") ||
+		!strings.Contains(err.Error(), "ip addr del 10.96.0.7 dev apiproxy0") {
+		t.Errorf("uninstall with a pod that stays: err = %v\n%s", err, errOut)
+	}
+	for _, get := range []func() error{
+		func() error {
+			_, err := cs.RbacV1().Roles("uninst-b").Get(ctx, "apiproxy-node", metav1.GetOptions{})
+			return err
+		},
+		func() error {
+			_, err := cs.CoreV1().ServiceAccounts("uninst-b").Get(ctx, "apiproxy-node", metav1.GetOptions{})
+			return err
+		},
+	} {
+		if err := get(); err == nil {
+			t.Error("uninstall stopped deleting at the timeout")
+		}
+	}
 }
