@@ -103,7 +103,7 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		}
 		fmt.Fprintln(log)
 	}
-	if ds, err := c.get(ctx, gvkDaemonSet, o.Namespace, "apiproxy-node"); err != nil {
+	if ds, err := c.get(ctx, gvkDaemonSet, o.Namespace, nodeDaemonSetName); err != nil {
 		return nil, err
 	} else if ds != nil {
 		in.NodeRoleInstalled = true

@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 )
@@ -24,11 +25,13 @@ var (
 	gvkPDB             = schema.GroupVersionKind{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"}
 	gvkService         = schema.GroupVersionKind{Version: "v1", Kind: "Service"}
 	gvkSecret          = schema.GroupVersionKind{Version: "v1", Kind: "Secret"}
+	gvkRole            = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"}
+	gvkRoleBinding     = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"}
 	gvkServiceAccount  = schema.GroupVersionKind{Version: "v1", Kind: "ServiceAccount"}
 	gvkNamespace       = schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}
 	gvkPod             = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
 
-	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkServiceAccount, gvkNamespace}
+	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkRoleBinding, gvkRole, gvkServiceAccount, gvkNamespace}
 )
 
 // IPCRDName is Liqo's IP CustomResourceDefinition.
@@ -40,6 +43,8 @@ type Client struct {
 	Dynamic   dynamic.Interface
 	Discovery discovery.DiscoveryInterface
 	Mapper    meta.ResettableRESTMapper
+	// Typed serves the watches of --wait and uninstall, events and pod logs.
+	Typed kubernetes.Interface
 }
 
 // NewClient builds a Client from a REST config.
@@ -52,7 +57,12 @@ func NewClient(cfg *rest.Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	typed, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return &Client{
+		Typed:     typed,
 		Dynamic:   dyn,
 		Discovery: dc,
 		Mapper:    restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)),

@@ -53,6 +53,7 @@ const (
 	tlsSecretName         = "apiproxy-webhook-tls"
 	webhookServiceName    = "apiproxy-webhook"
 	proxyServiceName      = "apiproxy-proxy"
+	nodeDaemonSetName     = "apiproxy-node"
 	webhookConfigPrefix   = "apiproxy-webhook-"
 	maxInterfaceNameBytes = 15 // IFNAMSIZ - 1
 )

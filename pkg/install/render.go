@@ -256,7 +256,9 @@ func NodeArgs(o Options, initContainer bool) []string {
 	if initContainer {
 		return append(args, "--daemon=false")
 	}
-	return append(args, "--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeMetricsPort)))
+	// The address survives rolling updates and restarts, and goes with uninstall (deploy/node.yaml).
+	return append(args, "--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeMetricsPort)),
+		"--cleanup-when-owner-deleted", o.Namespace+"/"+nodeDaemonSetName)
 }
 
 // NodeProxyArgs are the node role's forwarder arguments: everything binds the node IP only, so

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/pem"
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
@@ -56,7 +58,7 @@ func TestRenderRolesSelectFilesAndLabelEverything(t *testing.T) {
 		kinds []string
 	}{
 		"proxy":   {[]Role{RoleProxy}, []string{"Namespace", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget"}},
-		"node":    {[]Role{RoleNode}, []string{"Namespace", "ServiceAccount", "DaemonSet"}},
+		"node":    {[]Role{RoleNode}, []string{"Namespace", "ServiceAccount", "Role", "RoleBinding", "DaemonSet"}},
 		"webhook": {[]Role{RoleWebhook}, []string{"Namespace", "ServiceAccount", "Secret", "Secret", "Deployment", "Service", "PodDisruptionBudget", "MutatingWebhookConfiguration"}},
 	}
 	for name, tc := range cases {
@@ -176,9 +178,47 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 			if slices.Contains(c.Args, "--setup-iptables") != iptables {
 				t.Errorf("iptables=%v: %s args = %v", iptables, c.Name, c.Args)
 			}
-			if hasMount := len(c.VolumeMounts) == 1 && c.VolumeMounts[0].MountPath == "/run/xtables.lock"; hasMount != iptables {
+			hasMount := slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/run/xtables.lock" })
+			if hasMount != iptables {
 				t.Errorf("iptables=%v: %s mounts = %v", iptables, c.Name, c.VolumeMounts)
 			}
+		}
+		// Only the sidecar reaches the API server, and only to ask whether its DaemonSet is deleted.
+		if ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
+			t.Error("the pod must not automount a token into every container")
+		}
+		const tokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+		for _, c := range []corev1.Container{init, sidecar, proxy} {
+			has := slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == tokenDir && m.ReadOnly })
+			if has != (c.Name == "node") {
+				t.Errorf("%s: token mounted = %v, want it in the node container only", c.Name, has)
+			}
+		}
+		var tokenVol *corev1.Volume
+		for i := range ps.Volumes {
+			if ps.Volumes[i].Name == "api-access" {
+				tokenVol = &ps.Volumes[i]
+			}
+		}
+		if tokenVol == nil || tokenVol.Projected == nil || len(tokenVol.Projected.Sources) != 3 || tokenVol.Projected.Sources[0].ServiceAccountToken == nil {
+			t.Errorf("api-access volume = %+v, want a projected token, CA and namespace", tokenVol)
+		}
+		if i := slices.Index(sidecar.Args, "--cleanup-when-owner-deleted"); i < 0 || sidecar.Args[i+1] != DefaultNamespace+"/apiproxy-node" || slices.Contains(sidecar.Args, "--cleanup") {
+			t.Errorf("sidecar args = %v, want --cleanup-when-owner-deleted %s/apiproxy-node and no --cleanup", sidecar.Args, DefaultNamespace)
+		}
+		if slices.Contains(init.Args, "--cleanup-when-owner-deleted") {
+			t.Errorf("init args = %v: a one-shot sync must not clean up", init.Args)
+		}
+		var role rbacv1.Role
+		find(t, objs, "Role", "apiproxy-node", &role)
+		wantRules := []rbacv1.PolicyRule{{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, ResourceNames: []string{"apiproxy-node"}, Verbs: []string{"get"}}}
+		if !reflect.DeepEqual(role.Rules, wantRules) {
+			t.Errorf("node Role rules = %+v, want exactly %+v", role.Rules, wantRules)
+		}
+		var rb rbacv1.RoleBinding
+		find(t, objs, "RoleBinding", "apiproxy-node", &rb)
+		if rb.RoleRef.Name != "apiproxy-node" || len(rb.Subjects) != 1 || rb.Subjects[0].Name != ps.ServiceAccountName || rb.Subjects[0].Namespace != DefaultNamespace {
+			t.Errorf("node RoleBinding = %+v", rb)
 		}
 		want := []string{"proxy", "--listen", "10.96.0.2:8118", "--listen-tcp", "10.96.0.2:443", "--metrics-addr", "10.96.0.2:9191", "--upstream", "192.168.1.10:6443", "--upstream-proxy", "http://10.81.0.3:8118"}
 		if !slices.Equal(proxy.Args, want) {

@@ -10,10 +10,12 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/apiproxy/apiproxy/pkg/install/diagnose"
 	"github.com/apiproxy/apiproxy/pkg/version"
 )
 
@@ -36,6 +38,8 @@ type RoleStatus struct {
 	// tags differs from the plugin's version.
 	Images      []string `json:"images,omitempty"`
 	VersionSkew bool     `json:"versionSkew"`
+	// Problems say why the role's workload is not ready (the diagnosis install --wait gives).
+	Problems []diagnose.Problem `json:"problems,omitempty"`
 }
 
 // ObjectStatus is one installed object.
@@ -101,6 +105,11 @@ func GetStatus(ctx context.Context, c *Client, namespace string) (*Report, error
 		if !rs.Installed {
 			rs.Ready = false
 		} else {
+			if !rs.Ready {
+				if rs.Problems, err = roleProblems(ctx, c, namespace, role, objs); err != nil {
+					return nil, err
+				}
+			}
 			anyInstalled = true
 			r.Ready = r.Ready && rs.Ready
 		}
@@ -109,6 +118,43 @@ func GetStatus(ctx context.Context, c *Client, namespace string) (*Report, error
 	r.Ready = r.Ready && anyInstalled
 	r.IP, err = ipStatus(ctx, c, namespace, objs)
 	return r, err
+}
+
+// problemsSince is how far back status looks at controller events (FailedCreate).
+const problemsSince = 5 * time.Minute
+
+// roleProblems diagnoses a role's workload that is not ready, with the code --wait uses: its pods,
+// their events and (best effort) the last log lines of failing containers.
+func roleProblems(ctx context.Context, c *Client, namespace string, role Role, objs []*unstructured.Unstructured) ([]diagnose.Problem, error) {
+	ref, ok := roleWorkloads[role]
+	if !ok || c.Typed == nil {
+		return nil, nil
+	}
+	var workload *unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == ref.Kind && o.GetName() == ref.Name {
+			workload = o
+		}
+	}
+	if workload == nil {
+		return nil, nil
+	}
+	podList, err := c.Typed.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: RoleSelector(namespace, role)})
+	if err != nil {
+		return nil, fmt.Errorf("listing the %s role's pods: %w", role, err)
+	}
+	eventList, err := c.Typed.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the events of namespace %s: %w", namespace, err)
+	}
+	pods := make([]*corev1.Pod, len(podList.Items))
+	for i := range podList.Items {
+		pods[i] = &podList.Items[i]
+	}
+	now := time.Now()
+	s := judge(ref, workload, pods, eventList.Items, now.Add(-problemsSince), now)
+	diagnose.AddLogs(ctx, diagnose.ClientLogs(c.Typed), namespace, s.problems)
+	return s.problems, nil
 }
 
 // listInstalled lists every object of every managed kind carrying this install's labels.
@@ -154,22 +200,13 @@ func listKind(ctx context.Context, c *Client, gvk schema.GroupVersionKind, names
 
 func objectStatus(o *unstructured.Unstructured, webhookCA []byte, now time.Time) ObjectStatus {
 	st := ObjectStatus{Kind: o.GetKind(), Namespace: o.GetNamespace(), Name: o.GetName(), Ready: true}
-	gen := o.GetGeneration()
-	observed, _, _ := unstructured.NestedInt64(o.Object, "status", "observedGeneration")
 	switch o.GetKind() {
-	case "Deployment":
-		replicas, found, _ := unstructured.NestedInt64(o.Object, "spec", "replicas")
-		if !found {
-			replicas = 1
+	case "Deployment", "DaemonSet":
+		var failed error
+		st.Ready, st.Message, failed = diagnose.Rollout(o)
+		if failed != nil {
+			st.Message = failed.Error()
 		}
-		updated, _, _ := unstructured.NestedInt64(o.Object, "status", "updatedReplicas")
-		available, _, _ := unstructured.NestedInt64(o.Object, "status", "availableReplicas")
-		st.Ready, st.Message = rollout(gen, observed, replicas, updated, available, "replicas")
-	case "DaemonSet":
-		desired, _, _ := unstructured.NestedInt64(o.Object, "status", "desiredNumberScheduled")
-		updated, _, _ := unstructured.NestedInt64(o.Object, "status", "updatedNumberScheduled")
-		available, _, _ := unstructured.NestedInt64(o.Object, "status", "numberAvailable")
-		st.Ready, st.Message = rollout(gen, observed, desired, updated, available, "nodes")
 	case "MutatingWebhookConfiguration":
 		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
 		st.Ready, st.Message = false, "no webhook entry"
@@ -209,14 +246,6 @@ func objectStatus(o *unstructured.Unstructured, webhookCA []byte, now time.Time)
 		}
 	}
 	return st
-}
-
-func rollout(gen, observed, want, updated, available int64, unit string) (bool, string) {
-	if observed < gen {
-		return false, fmt.Sprintf("generation %d not yet observed by its controller", gen)
-	}
-	msg := fmt.Sprintf("%d/%d %s updated and available", min(updated, available), want, unit)
-	return updated >= want && available >= want, msg
 }
 
 func certState(certPEM []byte, now time.Time) (bool, string) {

@@ -12,6 +12,9 @@ import (
 func obj(kind string, generation int64, fields map[string]any) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: fields}
 	u.SetKind(kind)
+	if kind == "Deployment" || kind == "DaemonSet" {
+		u.SetAPIVersion("apps/v1")
+	}
 	u.SetName("x")
 	u.SetGeneration(generation)
 	return u
@@ -30,13 +33,14 @@ func TestObjectStatusReadiness(t *testing.T) {
 		msg   string
 	}{
 		{"deployment unobserved", obj("Deployment", 2, map[string]any{"spec": map[string]any{"replicas": int64(2)},
-			"status": map[string]any{"observedGeneration": int64(1), "updatedReplicas": int64(2), "availableReplicas": int64(2)}}), false, "not yet observed"},
+			"status": map[string]any{"observedGeneration": int64(1), "updatedReplicas": int64(2), "availableReplicas": int64(2)}}), false, "spec update to be observed"},
 		{"deployment partly available", obj("Deployment", 1, map[string]any{"spec": map[string]any{"replicas": int64(2)},
-			"status": map[string]any{"observedGeneration": int64(1), "updatedReplicas": int64(2), "availableReplicas": int64(1)}}), false, "1/2 replicas"},
+			"status": map[string]any{"observedGeneration": int64(1), "updatedReplicas": int64(2), "availableReplicas": int64(1)}}), false, "1 of 2 updated replicas are available"},
 		{"deployment available", obj("Deployment", 1, map[string]any{"spec": map[string]any{"replicas": int64(2)},
-			"status": map[string]any{"observedGeneration": int64(1), "updatedReplicas": int64(2), "availableReplicas": int64(2)}}), true, "2/2 replicas"},
-		{"daemonset old pods", obj("DaemonSet", 3, map[string]any{"status": map[string]any{"observedGeneration": int64(3),
-			"desiredNumberScheduled": int64(3), "updatedNumberScheduled": int64(2), "numberAvailable": int64(3)}}), false, "2/3 nodes"},
+			"status": map[string]any{"observedGeneration": int64(1), "updatedReplicas": int64(2), "availableReplicas": int64(2)}}), true, "successfully rolled out"},
+		{"daemonset old pods", obj("DaemonSet", 3, map[string]any{"spec": map[string]any{"updateStrategy": map[string]any{"type": "RollingUpdate"}},
+			"status": map[string]any{"observedGeneration": int64(3),
+				"desiredNumberScheduled": int64(3), "updatedNumberScheduled": int64(2), "numberAvailable": int64(3)}}), false, "2 out of 3 new pods have been updated"},
 		{"webhook stale caBundle", obj("MutatingWebhookConfiguration", 1, map[string]any{"webhooks": []any{map[string]any{
 			"clientConfig": map[string]any{"caBundle": b64([]byte("other"))}}}}), false, "re-run install"},
 		{"webhook caBundle matches", obj("MutatingWebhookConfiguration", 1, map[string]any{"webhooks": []any{map[string]any{

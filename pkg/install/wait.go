@@ -7,66 +7,320 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/apiproxy/apiproxy/pkg/install/diagnose"
 )
 
-// Wait polls the install's status until every selected role is ready, printing each change of a
-// workload's state to log; on timeout it returns an error carrying what is still missing and what to
-// look at.
-func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeout, interval time.Duration, log io.Writer) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	last := map[string]string{}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	var pending []ObjectStatus
-	for {
-		r, err := GetStatus(ctx, c, namespace)
-		if err != nil && ctx.Err() == nil {
-			return err
+// workloadRef is the Deployment or DaemonSet that runs a role's pods.
+type workloadRef struct {
+	Role       Role
+	Kind, Name string
+}
+
+func (w workloadRef) String() string { return strings.ToLower(w.Kind) + " " + w.Name }
+
+// roleWorkloads are the workloads the manifests in deploy/ create, per role.
+var roleWorkloads = map[Role]workloadRef{
+	RoleProxy:   {RoleProxy, "Deployment", "apiproxy-proxy"},
+	RoleNode:    {RoleNode, "DaemonSet", nodeDaemonSetName},
+	RoleWebhook: {RoleWebhook, "Deployment", "apiproxy-webhook"},
+}
+
+// reevaluate is how often the wait looks at its caches without a change: some verdicts depend on
+// time (how long a pod has been unschedulable). It reads memory only, never the API server.
+const reevaluate = time.Second
+
+// Wait watches the selected roles' workloads, their pods and the namespace's events until every
+// rollout is complete (as kubectl rollout status decides), printing each change of a workload's
+// state to log. It fails as soon as a pod cannot start without someone acting (an image that
+// cannot be pulled, a crashing or failing container, no node to run on), naming the pod and
+// container with the reason, events, last log lines and a hint; at the deadline it says which
+// workloads were not ready and why, from what it already knows.
+func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeout time.Duration, log io.Writer) error {
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	w := newWorkloadWatch(c, namespace)
+	w.start(wctx)
+	defer func() { cancel(); w.stop() }()
+
+	printed := map[string]string{}
+	say := func(key, line string) {
+		if printed[key] != line {
+			fmt.Fprintln(log, line)
+			printed[key] = line
 		}
-		if err == nil {
-			pending = pendingObjects(r, roles)
-			for _, o := range pending {
-				key := o.Kind + "/" + o.Name
-				if last[key] != o.Message {
-					fmt.Fprintf(log, "waiting for %s %s: %s\n", strings.ToLower(o.Kind), o.Name, o.Message)
-					last[key] = o.Message
+	}
+	tick := time.NewTicker(reevaluate)
+	defer tick.Stop()
+	var states []workloadState
+	for {
+		if w.synced() {
+			states = w.evaluate(roles, start, time.Now())
+			pending := false
+			for _, s := range states {
+				key := s.ref.String()
+				if s.done {
+					say(key, fmt.Sprintf("%s: %s", key, s.message))
+					continue
+				}
+				pending = true
+				say(key, fmt.Sprintf("waiting for %s: %s", key, s.message))
+				for _, p := range s.problems {
+					say(key+"/"+p.Pod+"/"+p.Container, "  "+p.Summary())
 				}
 			}
-			if len(pending) == 0 {
-				fmt.Fprintf(log, "%s ready in namespace %s\n", rolesString(roles), namespace)
-				return nil
+			if failed := failedStates(states); len(failed) > 0 {
+				// The events' watch may lag the pods' watch: read them afresh for the verdict.
+				if events, err := freshEvents(context.WithoutCancel(ctx), c, namespace); err == nil {
+					failed = failedStates(w.evaluateWith(events, roles, start, time.Now()))
+				}
+				// Logs through the kubelet: outside the wait's deadline, each read bounded on its own.
+				for i := range failed {
+					diagnose.AddLogs(context.WithoutCancel(ctx), diagnose.ClientLogs(c.Typed), namespace, failed[i].problems)
+				}
+				return failedError(namespace, failed)
+			}
+			if !pending {
+				return finalCheck(context.WithoutCancel(ctx), c, namespace, roles, log)
 			}
 		}
 		select {
-		case <-ctx.Done():
-			if ctx.Err() == context.Canceled {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
 				return fmt.Errorf("interrupted while waiting for the agents in namespace %s; check later with: kubectl apiproxy status -n %s", namespace, namespace)
 			}
-			return timeoutError(context.WithoutCancel(ctx), c, namespace, timeout, pending)
+			if !w.synced() {
+				return timeoutError(namespace, timeout, unreadStates(roles, w.lastError()))
+			}
+			return timeoutError(namespace, timeout, states)
+		case <-w.changed:
 		case <-tick.C:
 		}
 	}
 }
 
-func pendingObjects(r *Report, roles []Role) []ObjectStatus {
-	var out []ObjectStatus
+// finalCheck confirms, once the workloads are rolled out, what is not a workload (the webhook's
+// caBundle and serving certificate).
+func finalCheck(ctx context.Context, c *Client, namespace string, roles []Role, log io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r, err := GetStatus(ctx, c, namespace)
+	if err != nil {
+		return fmt.Errorf("the workloads are ready, but reading the install's status failed: %w", err)
+	}
+	var notReady []string
 	for _, rs := range r.Roles {
 		if !slices.Contains(roles, rs.Role) {
 			continue
 		}
-		if !rs.Installed {
-			out = append(out, ObjectStatus{Kind: "Role", Name: string(rs.Role), Message: "no object installed"})
-		}
 		for _, o := range rs.Objects {
 			if !o.Ready {
-				out = append(out, o)
+				notReady = append(notReady, fmt.Sprintf("  - %s %s: %s", strings.ToLower(o.Kind), o.Name, o.Message))
 			}
 		}
+	}
+	if len(notReady) > 0 {
+		return fmt.Errorf("the workloads in namespace %s are ready, but not everything else:\n%s", namespace, strings.Join(notReady, "\n"))
+	}
+	fmt.Fprintf(log, "%s ready in namespace %s\n", rolesString(roles), namespace)
+	return nil
+}
+
+// workloadState is what the wait knows about one workload.
+type workloadState struct {
+	ref     workloadRef
+	found   bool
+	done    bool
+	message string
+	// failed: kubectl's status viewer says the rollout cannot finish (progress deadline exceeded).
+	failed   error
+	problems []diagnose.Problem
+}
+
+func (s workloadState) fatal() bool {
+	return s.failed != nil || slices.ContainsFunc(s.problems, func(p diagnose.Problem) bool { return p.Fatal })
+}
+
+func failedStates(states []workloadState) []workloadState {
+	var out []workloadState
+	for _, s := range states {
+		if !s.done && s.fatal() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// workloadWatch keeps the namespace's labelled Deployments, DaemonSets and pods, and its events, in
+// informer caches: one list and one watch per kind for the whole wait, however long it lasts, so
+// the wait never queues behind the client's rate limiter.
+type workloadWatch struct {
+	namespace string
+	labelled  informers.SharedInformerFactory
+	all       informers.SharedInformerFactory
+	infs      []cache.SharedIndexInformer
+	changed   chan struct{}
+
+	mu      sync.Mutex
+	lastErr error
+}
+
+func newWorkloadWatch(c *Client, namespace string) *workloadWatch {
+	w := &workloadWatch{namespace: namespace, changed: make(chan struct{}, 1)}
+	w.labelled = informers.NewSharedInformerFactoryWithOptions(c.Typed, 0, informers.WithNamespace(namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = Selector(namespace) }))
+	// Events carry no labels of ours: all of the namespace's (it is the agents' own).
+	w.all = informers.NewSharedInformerFactoryWithOptions(c.Typed, 0, informers.WithNamespace(namespace))
+	w.infs = []cache.SharedIndexInformer{
+		w.labelled.Apps().V1().Deployments().Informer(),
+		w.labelled.Apps().V1().DaemonSets().Informer(),
+		w.labelled.Core().V1().Pods().Informer(),
+		w.all.Core().V1().Events().Informer(),
+	}
+	notify := func() {
+		select {
+		case w.changed <- struct{}{}:
+		default:
+		}
+	}
+	for _, inf := range w.infs {
+		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { notify() }, UpdateFunc: func(any, any) { notify() }, DeleteFunc: func(any) { notify() },
+		})
+		_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			w.mu.Lock()
+			w.lastErr = err
+			w.mu.Unlock()
+			cache.DefaultWatchErrorHandler(context.Background(), nil, err)
+		})
+	}
+	return w
+}
+
+func (w *workloadWatch) start(ctx context.Context) {
+	w.labelled.Start(ctx.Done())
+	w.all.Start(ctx.Done())
+}
+
+// stop waits for the informers' goroutines; the context given to start must be done.
+func (w *workloadWatch) stop() {
+	w.labelled.Shutdown()
+	w.all.Shutdown()
+}
+
+func (w *workloadWatch) synced() bool {
+	for _, inf := range w.infs {
+		if !inf.HasSynced() {
+			return false
+		}
+	}
+	return true
+}
+
+func (w *workloadWatch) lastError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastErr
+}
+
+// evaluate judges each selected role's workload from the caches.
+func (w *workloadWatch) evaluate(roles []Role, since, now time.Time) []workloadState {
+	var events []corev1.Event
+	for _, o := range w.infs[3].GetStore().List() {
+		events = append(events, *o.(*corev1.Event))
+	}
+	return w.evaluateWith(events, roles, since, now)
+}
+
+func (w *workloadWatch) evaluateWith(events []corev1.Event, roles []Role, since, now time.Time) []workloadState {
+	var states []workloadState
+	for _, role := range roles {
+		ref := roleWorkloads[role]
+		var obj *unstructured.Unstructured
+		inf := w.infs[0]
+		if ref.Kind == "DaemonSet" {
+			inf = w.infs[1]
+		}
+		if o, exists, err := inf.GetStore().GetByKey(w.namespace + "/" + ref.Name); err == nil && exists {
+			if u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o); err == nil {
+				obj = &unstructured.Unstructured{Object: u}
+				obj.SetAPIVersion("apps/v1")
+				obj.SetKind(ref.Kind)
+			}
+		}
+		var pods []*corev1.Pod
+		sel := labels.SelectorFromSet(labels.Set{LabelComponent: string(role)})
+		for _, o := range w.infs[2].GetStore().List() {
+			if p := o.(*corev1.Pod); sel.Matches(labels.Set(p.Labels)) {
+				pods = append(pods, p)
+			}
+		}
+		states = append(states, judge(ref, obj, pods, events, since, now))
+	}
+	return states
+}
+
+// judge is the verdict on one workload: kubectl's rollout status, then what its pods and its
+// controller's events say. status shares it with the wait.
+func judge(ref workloadRef, obj *unstructured.Unstructured, pods []*corev1.Pod, events []corev1.Event, since, now time.Time) workloadState {
+	s := workloadState{ref: ref, found: obj != nil}
+	if obj == nil {
+		s.message = "not found: was the " + string(ref.Role) + " role installed into this namespace?"
+		return s
+	}
+	uo := obj
+	s.done, s.message, s.failed = diagnose.Rollout(uo)
+	if s.failed != nil {
+		s.message = s.failed.Error()
+	}
+	if s.done {
+		return s
+	}
+	if uo.GetGeneration() > observedGeneration(uo) {
+		s.message += " (no controller has picked it up yet: is kube-controller-manager running?)"
+	}
+	s.problems = append(s.problems, diagnose.Controller(ref.Kind, ref.Name, events, since)...)
+	for _, p := range pods {
+		s.problems = append(s.problems, diagnose.Pod(p, events, now)...)
+	}
+	return s
+}
+
+// freshEvents lists the namespace's events with one bounded request.
+func freshEvents(ctx context.Context, c *Client, namespace string) ([]corev1.Event, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	list, err := c.Typed.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return list.Items, nil
+}
+
+func observedGeneration(u *unstructured.Unstructured) int64 {
+	g, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
+	return g
+}
+
+// unreadStates stand for workloads the wait never got to read (the first list did not complete).
+func unreadStates(roles []Role, err error) []workloadState {
+	why := "not read yet: the API server did not answer the first list in time"
+	if err != nil {
+		why = "not read yet: " + err.Error()
+	}
+	var out []workloadState
+	for _, r := range roles {
+		out = append(out, workloadState{ref: roleWorkloads[r], message: why})
 	}
 	return out
 }
@@ -79,66 +333,46 @@ func rolesString(roles []Role) string {
 	return strings.Join(s, ",")
 }
 
-// timeoutError says what is not ready and, from the pods, why, with the commands to dig further.
-func timeoutError(ctx context.Context, c *Client, namespace string, timeout time.Duration, pending []ObjectStatus) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+// failedError names every pod and container that cannot start, with what to do next.
+func failedError(namespace string, failed []workloadState) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "timed out after %s waiting for the agents in namespace %s:", timeout, namespace)
-	for _, o := range pending {
-		fmt.Fprintf(&b, "\n  - %s %s: %s", strings.ToLower(o.Kind), o.Name, o.Message)
-		if strings.Contains(o.Message, "not yet observed") {
-			b.WriteString(" (is kube-controller-manager running?)")
+	var pods []string
+	for i, s := range failed {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "%s in namespace %s cannot become ready: %s\n", s.ref, namespace, s.message)
+		for _, p := range s.problems {
+			if p.Fatal {
+				b.WriteString(p.Format("  "))
+				if p.Pod != "" && !slices.Contains(pods, p.Pod) {
+					pods = append(pods, p.Pod)
+				}
+			}
 		}
 	}
-	for _, line := range podProblems(ctx, c, namespace) {
-		b.WriteString("\n  - " + line)
+	b.WriteString("next steps:\n")
+	for _, p := range pods {
+		fmt.Fprintf(&b, "  kubectl -n %s describe pod %s\n", namespace, p)
 	}
-	fmt.Fprintf(&b, "\nnext steps:\n  kubectl -n %[1]s get pods -l %[2]s=%[3]s -o wide\n  kubectl -n %[1]s describe pods -l %[2]s=%[3]s\n  kubectl -n %[1]s get events --sort-by=.lastTimestamp\n  then re-run with a longer --timeout, or check with: kubectl apiproxy status -n %[1]s", namespace, LabelPartOf, PartOf)
+	fmt.Fprintf(&b, "  fix the cause and re-run the same install (it applies only what changed); kubectl apiproxy status -n %s shows the same diagnosis", namespace)
 	return errors.New(b.String())
 }
 
-// podProblems explains pods that do not come up: image pulls, scheduling, crashes.
-func podProblems(ctx context.Context, c *Client, namespace string) []string {
-	ri, _, err := c.resourceFor(gvkPod, namespace)
-	if err != nil {
-		return nil
-	}
-	list, err := ri.List(ctx, metav1.ListOptions{LabelSelector: Selector(namespace)})
-	if err != nil {
-		return nil
-	}
-	if len(list.Items) == 0 {
-		return []string{"no agent pods exist: check the workloads' events (quota, Pod Security admission of the namespace, the node role needs privileged pods)"}
-	}
-	var out []string
-	for _, pod := range list.Items {
-		conds, _, _ := unstructured.NestedSlice(pod.Object, "status", "conditions")
-		for _, cond := range conds {
-			m, _ := cond.(map[string]any)
-			if m["type"] == "PodScheduled" && m["status"] == "False" {
-				out = append(out, fmt.Sprintf("pod %s unschedulable: %v", pod.GetName(), m["message"]))
-			}
+// timeoutError says which workloads were not ready and why, from the caches: no request at the
+// deadline, so nothing here can fail on an expired context.
+func timeoutError(namespace string, timeout time.Duration, states []workloadState) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "timed out after %s waiting for the agents in namespace %s; not ready:", timeout, namespace)
+	for _, s := range states {
+		if s.done {
+			continue
 		}
-		for _, field := range []string{"initContainerStatuses", "containerStatuses"} {
-			statuses, _, _ := unstructured.NestedSlice(pod.Object, "status", field)
-			for _, s := range statuses {
-				m, _ := s.(map[string]any)
-				reason, _, _ := unstructured.NestedString(m, "state", "waiting", "reason")
-				msg, _, _ := unstructured.NestedString(m, "state", "waiting", "message")
-				if reason == "" || reason == "PodInitializing" || reason == "ContainerCreating" {
-					continue
-				}
-				hint := ""
-				switch reason {
-				case "ErrImagePull", "ImagePullBackOff", "InvalidImageName":
-					hint = " (is --image reachable from the nodes? an image pull secret needed?)"
-				case "CrashLoopBackOff":
-					hint = fmt.Sprintf(" (kubectl -n %s logs %s -c %v --previous)", namespace, pod.GetName(), m["name"])
-				}
-				out = append(out, fmt.Sprintf("pod %s container %v: %s %s%s", pod.GetName(), m["name"], reason, msg, hint))
-			}
+		fmt.Fprintf(&b, "\n  - %s: %s", s.ref, s.message)
+		for _, p := range s.problems {
+			fmt.Fprintf(&b, "\n      %s", p.Summary())
 		}
 	}
-	return out
+	fmt.Fprintf(&b, "\nnext steps:\n  kubectl -n %[1]s get pods -l %[2]s=%[3]s -o wide\n  kubectl -n %[1]s describe pods -l %[2]s=%[3]s\n  kubectl -n %[1]s get events --sort-by=.lastTimestamp\n  then re-run with a longer --timeout, or check with: kubectl apiproxy status -n %[1]s", namespace, LabelPartOf, PartOf)
+	return errors.New(b.String())
 }

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/apiproxy/apiproxy/pkg/health"
@@ -33,10 +36,22 @@ type NodeOptions struct {
 	Daemon        bool
 	SyncInterval  time.Duration
 	MetricsAddr   string
+	// CleanupWhenOwnerDeleted is NAMESPACE/NAME of the DaemonSet running this agent: on SIGTERM it
+	// cleans up only when that DaemonSet is gone or being deleted (uninstall), and keeps everything
+	// for the next pod otherwise (rolling update, restart, API server unreachable).
+	CleanupWhenOwnerDeleted string
+	// Kubeconfig is for the owner check; empty means the pod's service account (in-cluster).
+	Kubeconfig string
 
 	ip     net.IP
+	owner  *node.Owner
 	errOut io.Writer
 }
+
+// ownerCheckTimeout bounds the question asked on SIGTERM, well inside the DaemonSet's
+// terminationGracePeriodSeconds (40): an API server that does not answer in time counts as
+// unreachable, and the address stays.
+const ownerCheckTimeout = 5 * time.Second
 
 func newNodeCommand(_, errOut io.Writer) *cobra.Command {
 	o := &NodeOptions{Interface: "lo", Port: 443, Daemon: true, SyncInterval: time.Minute, errOut: errOut}
@@ -48,7 +63,8 @@ it does not exist, and removes the same IP from every other interface. With --se
 keeps five rules (raw NOTRACK both ways, filter ACCEPT) for --port. As a daemon it re-syncs every
 --sync-interval and at once when the kernel reports an address or link change.`,
 		Example: `  agent node --ip-address 10.96.0.2 --interface apiproxy0 --setup-iptables --cleanup
-  agent node --ip-address 10.96.0.2 --daemon=false    # init container: one sync, then exit`,
+  agent node --ip-address 10.96.0.2 --daemon=false    # init container: one sync, then exit
+  agent node --ip-address 10.96.0.2 --interface apiproxy0 --cleanup-when-owner-deleted apiproxy-system/apiproxy-node`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
@@ -68,6 +84,8 @@ keeps five rules (raw NOTRACK both ways, filter ACCEPT) for --port. As a daemon 
 	f.BoolVar(&o.Daemon, "daemon", o.Daemon, "[optional] keep running and repairing; false: sync once and exit")
 	f.DurationVar(&o.SyncInterval, "sync-interval", o.SyncInterval, "[optional] interval of the periodic re-sync (kernel events trigger one at once anyway)")
 	f.StringVar(&o.MetricsAddr, "metrics-addr", "", `address for /healthz, /readyz and /metrics, e.g. ":9101" ("" disables)`)
+	f.StringVar(&o.CleanupWhenOwnerDeleted, "cleanup-when-owner-deleted", "", "[optional] NAMESPACE/NAME of the DaemonSet running this agent: on SIGTERM/SIGINT clean up (as --cleanup) only if it is gone or being deleted (uninstall); keep everything while it exists (rolling update, restart) or when the API server cannot say. Needs get on that DaemonSet")
+	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "[optional] kubeconfig for --cleanup-when-owner-deleted (default: the pod's service account)")
 	return cmd
 }
 
@@ -97,6 +115,71 @@ func (o *NodeOptions) Validate() error {
 	if o.Cleanup && !o.Daemon {
 		return errors.New("--cleanup removes everything when the daemon stops; with --daemon=false it would undo the sync at once: drop one of the two flags")
 	}
+	if o.CleanupWhenOwnerDeleted != "" {
+		if o.Cleanup {
+			return errors.New("--cleanup always removes everything on SIGTERM, --cleanup-when-owner-deleted only when the DaemonSet is deleted: drop one of the two flags")
+		}
+		if !o.Daemon {
+			return errors.New("--cleanup-when-owner-deleted applies when the daemon stops; with --daemon=false there is nothing to clean later: drop it")
+		}
+		ns, name, err := node.ParseOwner(o.CleanupWhenOwnerDeleted)
+		if err != nil {
+			return fmt.Errorf("--cleanup-when-owner-deleted: %w", err)
+		}
+		o.owner = &node.Owner{Namespace: ns, Name: name}
+	} else if o.Kubeconfig != "" {
+		return errors.New("--kubeconfig is only used by --cleanup-when-owner-deleted: add it or drop --kubeconfig")
+	}
+	return nil
+}
+
+// ownerClient builds the client of the SIGTERM question now, so a missing token fails at start,
+// not at uninstall. It contacts nothing: the node role must work without the API server.
+func (o *NodeOptions) ownerClient() error {
+	var cfg *rest.Config
+	var err error
+	if o.Kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("--cleanup-when-owner-deleted needs API access (get on %s): %w; mount the service account token or pass --kubeconfig", o.owner, err)
+	}
+	cfg.Timeout = ownerCheckTimeout
+	cfg.UserAgent = "apiproxy-agent-node"
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	o.owner.Client = cs
+	return nil
+}
+
+// cleanupOnExit decides, once the daemon stops, whether to take everything away.
+func (o *NodeOptions) cleanupOnExit(s *node.Syncer) error {
+	switch {
+	case o.Cleanup:
+	case o.owner != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), ownerCheckTimeout)
+		deleted, err := o.owner.Deleted(ctx)
+		cancel()
+		if err != nil {
+			klog.InfoS("Keeping the address: cannot tell whether the owner was deleted (safe default)", "owner", o.owner.String(), "err", err)
+			return nil
+		}
+		if !deleted {
+			klog.InfoS("Keeping the address for the next pod: the owner still exists (rolling update or restart)", "owner", o.owner.String())
+			return nil
+		}
+		klog.InfoS("The owner is deleted (uninstall): cleaning up", "owner", o.owner.String())
+	default:
+		return nil
+	}
+	if err := s.Cleanup(); err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	klog.InfoS("Cleaned up", "address", o.ip.String(), "interface", o.Interface)
 	return nil
 }
 
@@ -120,6 +203,11 @@ func (o *NodeOptions) Run(ctx context.Context) error {
 	s, err := node.New(cfg, link, hs.Registry)
 	if err != nil {
 		return err
+	}
+	if o.owner != nil {
+		if err := o.ownerClient(); err != nil {
+			return err
+		}
 	}
 	if !o.Daemon {
 		if err := s.Sync(ctx); err != nil {
@@ -148,11 +236,5 @@ func (o *NodeOptions) Run(ctx context.Context) error {
 	klog.InfoS("Keeping address in place", "address", o.ip.String(), "interface", o.Interface,
 		"iptables", o.SetupIPTables, "syncInterval", o.SyncInterval, "metrics", hs.Addr())
 	_ = s.Run(ctx, o.SyncInterval)
-	if o.Cleanup {
-		if err := s.Cleanup(); err != nil {
-			return fmt.Errorf("cleanup: %w", err)
-		}
-		klog.InfoS("Cleaned up", "address", o.ip.String(), "interface", o.Interface)
-	}
-	return nil
+	return o.cleanupOnExit(s)
 }

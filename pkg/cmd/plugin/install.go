@@ -26,18 +26,17 @@ type InstallOptions struct {
 	genericiooptions.IOStreams
 
 	install.Options
-	roles        []string
-	createIP     string
-	dryRunFlag   string
-	dryRun       install.DryRun
-	output       string
-	wait         bool
-	timeout      time.Duration
-	pollInterval time.Duration
+	roles      []string
+	createIP   string
+	dryRunFlag string
+	dryRun     install.DryRun
+	output     string
+	wait       bool
+	timeout    time.Duration
 }
 
 func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := &InstallOptions{configFlags: configFlags, IOStreams: streams, Options: install.DefaultOptions(), pollInterval: 2 * time.Second}
+	o := &InstallOptions{configFlags: configFlags, IOStreams: streams, Options: install.DefaultOptions()}
 	cmd := &cobra.Command{
 		Use:   "install",
 		Short: "Deploy the agents (proxy, node, webhook) with server-side apply",
@@ -88,7 +87,7 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 	f.StringVar(&o.dryRunFlag, "dry-run", "none", `"none", "client" (render and print, contact nothing) or "server" (the API server validates, persists nothing)`)
 	f.Lookup("dry-run").NoOptDefVal = "client"
 	f.StringVarP(&o.output, "output", "o", "", "Print the objects: yaml or json (with --dry-run=client: the rendered manifests)")
-	f.BoolVar(&o.wait, "wait", false, "Wait until the installed workloads are ready, with progress on stderr")
+	f.BoolVar(&o.wait, "wait", false, "Wait until the installed workloads are rolled out, with progress on stderr; fail at once, naming the pod, container, reason, events, last log lines and a hint, when a pod cannot start")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "How long --wait waits")
 	return cmd
 }
@@ -151,7 +150,7 @@ func (o *InstallOptions) Run(ctx context.Context) error {
 	if err != nil || !o.wait {
 		return err
 	}
-	return install.Wait(ctx, c, o.Namespace, o.Roles, o.timeout, o.pollInterval, o.ErrOut)
+	return install.Wait(ctx, c, o.Namespace, o.Roles, o.timeout, o.ErrOut)
 }
 
 // apiproxyNamespace is -n when given, else apiproxy-system (never the kubeconfig context's namespace:

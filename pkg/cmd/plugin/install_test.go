@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -96,6 +97,7 @@ func (w *installWorld) countLabelled(t *testing.T) (n int, names []string) {
 		{Version: "v1", Kind: "Service"}, {Version: "v1", Kind: "Secret"}, {Version: "v1", Kind: "ServiceAccount"},
 		{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"},
 		{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "MutatingWebhookConfiguration"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"}, {Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"},
 	}
 	if served, _ := w.c.IPCRDServed(); served {
 		kinds = append(kinds, schema.GroupVersionKind{Group: "ipam.liqo.io", Version: "v1alpha1", Kind: "IP"})
@@ -159,8 +161,8 @@ func TestInstallLifecycle(t *testing.T) {
 		t.Fatalf("dry run: %v\n%s", err, dryErr)
 	}
 	expected := decodeYAMLStream(t, dryYAML)
-	if len(expected) != 14 {
-		t.Errorf("dry run printed %d objects, want 14 (namespace, 4 proxy, 2 node, 7 webhook)", len(expected))
+	if len(expected) != 16 {
+		t.Errorf("dry run printed %d objects, want 16 (namespace, 4 proxy, 4 node, 7 webhook)", len(expected))
 	}
 	if n, names := w.countLabelled(t); n != 0 {
 		t.Fatalf("a client dry run created %v", names)
@@ -235,6 +237,7 @@ func TestInstallLifecycle(t *testing.T) {
 		t.Errorf("server dry run into a missing namespace: err = %v, want a hint", err)
 	}
 
+	t.Run("node role RBAC", func(t *testing.T) { testNodeRBAC(t, w) })
 	t.Run("status and wait", func(t *testing.T) { testStatusAndWait(t, w) })
 	t.Run("liqo IP resource", func(t *testing.T) { testLiqoIP(t, w) })
 	t.Run("relay allows exactly the peers' CIDRs", func(t *testing.T) { testRelay(t, w) })
@@ -296,6 +299,33 @@ func TestInstallLifecycle(t *testing.T) {
 	ns, err := cs.CoreV1().Namespaces().Get(ctx, install.DefaultNamespace, metav1.GetOptions{})
 	if err == nil && ns.DeletionTimestamp == nil {
 		t.Error("uninstall left the namespace it created")
+	}
+}
+
+// The node agent may read its own DaemonSet, and nothing else, as the API server's authorizer sees it.
+func testNodeRBAC(t *testing.T, w *installWorld) {
+	cs := w.cluster.Clientset(t)
+	sa := "system:serviceaccount:" + install.DefaultNamespace + ":apiproxy-node"
+	for _, tc := range []struct {
+		attrs authorizationv1.ResourceAttributes
+		allow bool
+	}{
+		{authorizationv1.ResourceAttributes{Verb: "get", Group: "apps", Resource: "daemonsets", Name: "apiproxy-node"}, true},
+		{authorizationv1.ResourceAttributes{Verb: "list", Group: "apps", Resource: "daemonsets"}, false},
+		{authorizationv1.ResourceAttributes{Verb: "get", Group: "apps", Resource: "daemonsets", Name: "other"}, false},
+		{authorizationv1.ResourceAttributes{Verb: "delete", Group: "apps", Resource: "daemonsets", Name: "apiproxy-node"}, false},
+		{authorizationv1.ResourceAttributes{Verb: "get", Resource: "secrets", Name: "apiproxy-webhook-tls"}, false},
+	} {
+		tc.attrs.Namespace = install.DefaultNamespace
+		sar, err := cs.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{User: sa, Groups: []string{"system:serviceaccounts"}, ResourceAttributes: &tc.attrs},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sar.Status.Allowed != tc.allow {
+			t.Errorf("%s may %s %s/%s: %v, want %v", sa, tc.attrs.Verb, tc.attrs.Resource, tc.attrs.Name, sar.Status.Allowed, tc.allow)
+		}
 	}
 }
 

@@ -97,6 +97,16 @@ func printStatus(out io.Writer, r *install.Report) error {
 	}
 	fmt.Fprintln(out)
 	for _, rs := range r.Roles {
+		if len(rs.Problems) == 0 {
+			continue
+		}
+		fmt.Fprintf(out, "%s problems:\n", rs.Role)
+		for _, p := range rs.Problems {
+			fmt.Fprint(out, p.Format("  "))
+		}
+		fmt.Fprintln(out)
+	}
+	for _, rs := range r.Roles {
 		if len(rs.Images) == 0 {
 			continue
 		}

@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -20,6 +21,7 @@ type UninstallOptions struct {
 	namespace  string
 	dryRunFlag string
 	dryRun     install.DryRun
+	timeout    time.Duration
 }
 
 func newUninstallCommand(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
@@ -28,8 +30,12 @@ func newUninstallCommand(configFlags *genericclioptions.ConfigFlags, streams gen
 		Use:   "uninstall",
 		Short: "Remove everything install created (found by its labels)",
 		Long: `Delete every object labelled app.kubernetes.io/part-of=apiproxy by the install into the namespace:
-the webhook configuration first, then Liqo's IP resource, the workloads, Services, Secrets, and the
-namespace itself when install created it.`,
+the webhook configuration first, then Liqo's IP resource, the workloads, Services, Secrets, RBAC, and
+the namespace itself when install created it.
+
+With the node role, the DaemonSet goes first and uninstall waits (at most --timeout) for its pods to
+stop: each one, finding its DaemonSet deleted, removes the node IP, its interface and its iptables
+rules from its node. A rolling update or a restart of those pods keeps them in place.`,
 		Example: `  # See what would go
   kubectl apiproxy uninstall --dry-run
   kubectl apiproxy uninstall -n apiproxy-system`,
@@ -43,6 +49,7 @@ namespace itself when install created it.`,
 	}
 	cmd.Flags().StringVar(&o.dryRunFlag, "dry-run", "none", `"none", "client" (list what would be deleted) or "server" (the API server checks the deletions, persists nothing)`)
 	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
+	cmd.Flags().DurationVar(&o.timeout, "timeout", 2*time.Minute, "How long to wait for the node role's pods to stop (and clean their nodes) before deleting the rest")
 	return cmd
 }
 
@@ -50,8 +57,13 @@ namespace itself when install created it.`,
 func (o *UninstallOptions) Complete() error {
 	o.namespace = apiproxyNamespace(o.configFlags)
 	var err error
-	o.dryRun, err = install.ParseDryRun(o.dryRunFlag)
-	return err
+	if o.dryRun, err = install.ParseDryRun(o.dryRunFlag); err != nil {
+		return err
+	}
+	if o.timeout <= 0 {
+		return fmt.Errorf("--timeout %s must be positive, e.g. --timeout 2m", o.timeout)
+	}
+	return nil
 }
 
 // Run deletes (or lists) and prints one line per object.
@@ -63,7 +75,7 @@ func (o *UninstallOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	objs, err := install.Uninstall(ctx, c, o.namespace, o.dryRun)
+	objs, err := install.Uninstall(ctx, c, o.namespace, o.dryRun, o.timeout, o.ErrOut)
 	what := "deleted"
 	switch o.dryRun {
 	case install.DryRunClient:
