@@ -3,6 +3,7 @@ package connect
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -24,8 +25,11 @@ type Forwarder struct {
 	OnError func(error)
 }
 
-// Serve runs until ctx is done or the listener fails; open tunnels are closed on return.
+// Serve runs until ctx is done or the listener fails. It returns the listener's error (nil when
+// ctx ended it) as soon as the listener fails, having closed the listener and every open tunnel:
+// a dead listener must not wait silently for long-lived tunnels (watches) to end.
 func (f *Forwarder) Serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	open := map[net.Conn]struct{}{}
@@ -37,15 +41,18 @@ func (f *Forwarder) Serve(ctx context.Context) error {
 		}
 		mu.Unlock()
 	})
-	defer stop()
+	// Deferred calls run last first: cancel closes the listener and the tunnels (through stop's
+	// AfterFunc), and only then do we wait for the handlers, which end once their sockets close.
 	defer wg.Wait()
+	defer stop()
+	defer cancel()
 	for {
 		local, err := f.Listener.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return err
+			return fmt.Errorf("accepting on %s: %w", f.Listener.Addr(), err)
 		}
 		mu.Lock()
 		open[local] = struct{}{}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -27,9 +28,11 @@ import (
 
 // Relay opens byte streams to a port of the apiproxy proxy's pods in another cluster (the one named
 // by --via), through a port-forward session on that cluster's API server, the way `kubectl
-// port-forward` does (WebSocket first, SPDY as the fallback). One session carries every stream; a
-// broken session is replaced on the next dial. Authorization stays with that API server: the user
-// needs "create" on pods/portforward in Namespace.
+// port-forward` does (WebSocket first, SPDY as the fallback). One session carries the streams; when
+// a stream does not open on it (the session broke, or the kubelet no longer answers on it), new
+// dials go to a fresh session and the old one is retired: it keeps its live tunnels and is closed
+// when the last one ends. Authorization stays with that API server: the user needs "create" on
+// pods/portforward in Namespace.
 type Relay struct {
 	// Config reaches the --via cluster's API server; Context names it in messages.
 	Config  *rest.Config
@@ -40,19 +43,30 @@ type Relay struct {
 	// Log reports progress (new sessions); may be nil.
 	Log func(format string, args ...any)
 
-	mu      sync.Mutex
-	session *relaySession
+	// mu guards the fields below and the sessions' bookkeeping; it is never held across network
+	// I/O (listing pods, opening sessions or streams).
+	mu       sync.Mutex
+	session  *relaySession              // where new streams go
+	sessions map[*relaySession]struct{} // every open session: the current one and retired ones
+	opening  chan struct{}              // closed when the session being opened is ready (or failed)
+	closed   bool
+	replaced atomic.Int64
 }
 
 type relaySession struct {
-	conn   streamhttp.Connection
-	pod    string
-	nextID int
-	fresh  bool // just opened: its first stream gets the whole dial time
+	conn    streamhttp.Connection
+	pod     string
+	nextID  int
+	fresh   bool // just opened: its first stream gets the whole dial time
+	live    int  // streams handed out and not closed yet
+	retired bool // takes no new streams; closed when live drops to 0
 }
 
-// reusedSessionBound is how long a stream on an existing session may take before the session is
-// replaced: half the dial time left, at most 5 s (a live session answers in one round trip).
+// ReplacedSessions counts the sessions retired because a stream did not open on them.
+func (r *Relay) ReplacedSessions() int64 { return r.replaced.Load() }
+
+// reusedSessionBound is how long a stream on an existing session may take before the dial moves to
+// a fresh session: half the dial time left, at most 5 s (a live session answers in one round trip).
 func reusedSessionBound(ctx context.Context) time.Duration {
 	bound := 5 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
@@ -95,6 +109,9 @@ func (e *PortForwardError) Error() string {
 
 func (e *PortForwardError) Unwrap() error { return e.Err }
 
+// errRelayClosed: the Relay was closed.
+var errRelayClosed = errors.New("the port-forward relay is closed")
+
 // DialContext opens one stream to the proxy pod's port. network and addr are ignored: the stream
 // always leads to the proxy (a tunnel.Dialer uses the Relay as its Forward dialer).
 func (r *Relay) DialContext(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -103,8 +120,8 @@ func (r *Relay) DialContext(ctx context.Context, _, _ string) (net.Conn, error) 
 		if err != nil {
 			return nil, err
 		}
-		// A session that was already open may be dead without knowing it yet (its streams then wait
-		// for a reply that never comes): give it part of the time, and a new session the rest.
+		// A session that was already open may no longer answer (its streams then wait for a reply
+		// that never comes): give it part of the time, and a fresh session the rest.
 		r.mu.Lock()
 		fresh := s.fresh
 		s.fresh = false
@@ -118,54 +135,135 @@ func (r *Relay) DialContext(ctx context.Context, _, _ string) (net.Conn, error) 
 		if err == nil {
 			return c, nil
 		}
-		if r.Log != nil && actx.Err() != nil && ctx.Err() == nil {
-			r.Log("relay: no stream opened on the port-forward session to pod %s/%s in time; opening a new session", r.Namespace, s.pod)
-		}
+		// New dials go to a fresh session; the live tunnels on this one are left alone.
+		r.retire(s)
 		if ctx.Err() != nil {
-			r.drop(s)
 			return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Pod: s.pod, Err: fmt.Errorf("no stream opened on the port-forward session: %w", ctx.Err())}
 		}
-		// The session broke (pod gone, API server restarted, idle timeout): start a new one, once.
-		r.drop(s)
 		if attempt > 0 {
 			return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Pod: s.pod, Err: err}
 		}
+		if r.Log != nil {
+			r.Log("relay: no stream opened on the port-forward session to pod %s/%s (%v); opening a new session for new tunnels, the open ones stay on the old one", r.Namespace, s.pod, err)
+		}
 	}
 }
 
-// Close ends the port-forward session.
+// Close ends every port-forward session, with the tunnels on them.
 func (r *Relay) Close() error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.session == nil {
-		return nil
+	r.closed = true
+	sessions := r.sessions
+	r.sessions, r.session = nil, nil
+	r.mu.Unlock()
+	var errs []error
+	for s := range sessions {
+		errs = append(errs, s.conn.Close())
 	}
-	err := r.session.conn.Close()
-	r.session = nil
-	return err
+	return errors.Join(errs...)
 }
 
-func (r *Relay) drop(s *relaySession) {
+// retire stops new streams from going to s; s is closed once its live streams are (at once if it
+// has none, or if it broke).
+func (r *Relay) retire(s *relaySession) {
 	r.mu.Lock()
 	if r.session == s {
 		r.session = nil
+		r.replaced.Add(1)
+	}
+	s.retired = true
+	closeNow := s.live == 0 || isClosed(s.conn)
+	if closeNow {
+		delete(r.sessions, s)
 	}
 	r.mu.Unlock()
-	_ = s.conn.Close()
+	if closeNow {
+		_ = s.conn.Close()
+	}
 }
 
-// current returns the open session, or opens one.
-func (r *Relay) current(ctx context.Context) (*relaySession, error) {
+// streamDone is called when a stream handed out on s is closed.
+func (r *Relay) streamDone(s *relaySession) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if s := r.session; s != nil {
-		select {
-		case <-s.conn.CloseChan():
-			r.session = nil
-		default:
-			return s, nil
-		}
+	s.live--
+	closeNow := s.retired && s.live == 0
+	if closeNow {
+		delete(r.sessions, s)
 	}
+	r.mu.Unlock()
+	if closeNow {
+		_ = s.conn.Close()
+	}
+}
+
+func isClosed(c streamhttp.Connection) bool {
+	select {
+	case <-c.CloseChan():
+		return true
+	default:
+		return false
+	}
+}
+
+// current returns the session new streams go to, or opens one. Only one dial opens a session at a
+// time; the others wait for it, each within its own deadline, and none holds the mutex meanwhile.
+func (r *Relay) current(ctx context.Context) (*relaySession, error) {
+	for {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return nil, errRelayClosed
+		}
+		if s := r.session; s != nil {
+			if !isClosed(s.conn) {
+				r.mu.Unlock()
+				return s, nil
+			}
+			// Broken (pod gone, API server restarted, idle timeout): its streams are gone too.
+			r.session = nil
+			delete(r.sessions, s)
+		}
+		if wait := r.opening; wait != nil {
+			r.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, &PortForwardError{Context: r.Context, Namespace: r.Namespace, Err: fmt.Errorf("waiting for the port-forward session: %w", ctx.Err())}
+			}
+		}
+		opened := make(chan struct{})
+		r.opening = opened
+		r.mu.Unlock()
+
+		s, err := r.open(ctx)
+
+		r.mu.Lock()
+		r.opening = nil
+		close(opened)
+		if err == nil && r.closed {
+			err = errRelayClosed
+		}
+		if err == nil {
+			r.session = s
+			if r.sessions == nil {
+				r.sessions = map[*relaySession]struct{}{}
+			}
+			r.sessions[s] = struct{}{}
+		}
+		r.mu.Unlock()
+		if err != nil {
+			if s != nil {
+				_ = s.conn.Close()
+			}
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+// open starts a port-forward session to a ready proxy pod.
+func (r *Relay) open(ctx context.Context) (*relaySession, error) {
 	pod, err := r.readyPod(ctx)
 	if err != nil {
 		return nil, err
@@ -177,8 +275,7 @@ func (r *Relay) current(ctx context.Context) (*relaySession, error) {
 	if r.Log != nil {
 		r.Log("relay: port-forward session to pod %s/%s port %d through context %q", r.Namespace, pod, r.Port, r.Context)
 	}
-	r.session = &relaySession{conn: conn, pod: pod, fresh: true}
-	return r.session, nil
+	return &relaySession{conn: conn, pod: pod, fresh: true}, nil
 }
 
 // readyPod picks a ready, running proxy pod (the first by name, so sessions are predictable).
@@ -304,16 +401,20 @@ func (r *Relay) openStreamContext(ctx context.Context, s *relaySession) (net.Con
 // kubeletErrorGrace is how long a data stream's EOF waits for the kubelet's error message.
 const kubeletErrorGrace = 250 * time.Millisecond
 
+// errForwardEnded is a write after the kubelet ended the forwarded connection.
+var errForwardEnded = errors.New("the proxy pod's side ended the forwarded connection (the kubelet reads no more from it)")
+
 // openStream creates the error and data streams of one forwarded connection, as client-go's
 // port-forwarder does per accepted local connection, and returns the data stream as a net.Conn.
 func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
+	port := r.Port
 	r.mu.Lock()
 	s.nextID++
 	id := s.nextID
 	r.mu.Unlock()
 	headers := http.Header{}
 	headers.Set(corev1.StreamType, corev1.StreamTypeError)
-	headers.Set(corev1.PortHeader, strconv.Itoa(r.Port))
+	headers.Set(corev1.PortHeader, strconv.Itoa(port))
 	headers.Set(corev1.PortForwardRequestIDHeader, strconv.Itoa(id))
 	errStream, err := s.conn.CreateStream(headers)
 	if err != nil {
@@ -327,6 +428,9 @@ func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
 		return nil, err
 	}
 
+	r.mu.Lock()
+	s.live++
+	r.mu.Unlock()
 	// Reads go through a pipe, whose deadlines the tunnel code relies on (a stream has none);
 	// writes go to the stream directly, so CloseWrite can half-close it.
 	local, remote := net.Pipe()
@@ -335,18 +439,24 @@ func (r *Relay) openStream(s *relaySession) (net.Conn, error) {
 		// Like client-go: discard what is still queued so the session is not blocked by it.
 		_ = data.Reset()
 		s.conn.RemoveStreams(errStream, data)
+		r.streamDone(s)
 	}
 	errDone := make(chan struct{})
 	go func() {
 		defer close(errDone)
 		msg, _ := io.ReadAll(errStream)
 		if m := strings.TrimSpace(string(msg)); m != "" {
-			sc.setErr(fmt.Errorf("proxy pod %s port %d: %s", sc.pod, r.Port, m))
+			sc.setErr(fmt.Errorf("proxy pod %s port %d: %s", sc.pod, port, m))
 			_ = remote.Close()
 		}
 	}()
 	go func() {
-		_, _ = io.Copy(remote, data)
+		_, err := io.Copy(remote, data)
+		if err == nil {
+			// The kubelet closes the data stream when the runtime's forward has returned, and
+			// reads nothing from it after that: see streamConn.Write.
+			sc.ended.Store(true)
+		}
 		// The kubelet's error, if any, explains why the data ended: let the reader see it. The
 		// kubelet writes and closes the error stream before the data stream, and the session keeps
 		// frames in order, so it is all but here already. It does not close it at all while our
@@ -367,12 +477,25 @@ type streamConn struct {
 	data     streamhttp.Stream
 	release  func()
 	once     sync.Once
+	// ended: the data stream reached EOF, so the kubelet has stopped reading it.
+	ended atomic.Bool
 
 	mu  sync.Mutex
 	err error
 }
 
-func (c *streamConn) Write(p []byte) (int, error) { return c.data.Write(p) }
+// Write sends p on the data stream, unless the kubelet has ended the forward. Bytes sent after
+// that are never read, and worse: the kubelet's SPDY connection hands each data frame to the
+// stream's reader on one of five frame workers (by stream ID), waiting until it is taken, so an
+// unread frame stalls that worker for good, and with it the SYN_STREAM of every later stream whose
+// ID falls on it: those streams never open (the "stream-open stall" of a reused session). A
+// client's close_notify after the server closed is such a write.
+func (c *streamConn) Write(p []byte) (int, error) {
+	if c.ended.Load() {
+		return 0, errForwardEnded
+	}
+	return c.data.Write(p)
+}
 
 // CloseWrite half-closes the stream: the proxy pod's side reads EOF and may still answer.
 func (c *streamConn) CloseWrite() error { return c.data.Close() }

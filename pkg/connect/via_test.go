@@ -1,11 +1,13 @@
 package connect
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,10 +16,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 	"github.com/apiproxy/apiproxy/test/harness"
 	"github.com/apiproxy/apiproxy/test/harness/nodestandin"
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 func testVia() *ViaDialer {
@@ -226,5 +230,225 @@ func TestRelaySessions(t *testing.T) {
 		}
 	})
 }
+
+// relayEnv is one API server with a node stand-in and a "proxy" pod whose port 8118 reaches
+// backend.
+func relayEnv(t *testing.T, backend string) (*harness.Cluster, *nodestandin.StandIn) {
+	t.Helper()
+	node, err := nodestandin.New(t, "n1", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := harness.Start(t, harness.Options{Name: "cl01", ExtraArgs: node.APIServerArgs()})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := node.Register(ctx, cl.Config); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Clientset(t).CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apiproxy-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.AddPod(ctx, cl.Config, nodestandin.Pod{Namespace: "apiproxy-system", Name: "proxy-0", Labels: map[string]string{"app": "proxy"}, Ports: map[int32]string{8118: backend}}); err != nil {
+		t.Fatal(err)
+	}
+	return cl, node
+}
+
+// byeServer answers one line with "bye\n" and closes: the server ends the connection, as an API
+// server does after an upgraded request (exec, port-forward) or an idle timeout.
+func byeServer(t *testing.T) string {
+	return testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		_, _ = bufio.NewReader(c).ReadString('\n')
+		_, _ = io.WriteString(c, "bye\n")
+	})
+}
+
+// dialBye opens a stream, has the server close it, then writes after the EOF as a TLS client does
+// (close_notify) when it closes its side.
+func dialBye(ctx context.Context, r *Relay) error {
+	c, err := r.DialContext(ctx, "tcp", "x:1")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, "hi\n"); err != nil {
+		return err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "bye\n" {
+		return fmt.Errorf("read %q, %v; want bye and EOF", b, err)
+	}
+	// After the EOF: the kubelet no longer reads this stream.
+	_, _ = io.WriteString(c, "late 1")
+	_, _ = io.WriteString(c, "late 2")
+	return nil
+}
+
+// The stream-open stall: sequential connections that the pod side closes first, each followed by
+// a client write (close_notify), all through one port-forward session. Each must open on that
+// session: none may need the fallback to a new session (before the fix, one unread frame stalled
+// one of the kubelet's five frame workers and every later stream whose ID fell on it).
+func TestRelaySequentialDialsOneSession(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a kube-apiserver")
+	}
+	cl, _ := relayEnv(t, byeServer(t))
+	var sessions atomic.Int32
+	r := &Relay{Config: cl.Config, Context: "cl01", Namespace: "apiproxy-system", Selector: "app=proxy", Port: 8118,
+		Log: func(format string, _ ...any) {
+			if strings.HasPrefix(format, "relay: port-forward session") {
+				sessions.Add(1)
+			}
+		}}
+	defer r.Close()
+	for i := range 200 {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		err := dialBye(ctx, r)
+		cancel()
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if n := r.ReplacedSessions(); n != 0 {
+			t.Fatalf("dial %d: a stream did not open on the reused session (%d sessions replaced)", i, n)
+		}
+	}
+	if n := sessions.Load(); n != 1 {
+		t.Fatalf("200 dials used %d sessions, want 1", n)
+	}
+}
+
+// A session on which streams no longer open is retired for new dials only: a tunnel already open
+// on it keeps working (before, the whole session was closed, resetting every live tunnel).
+func TestRelaySlowStreamKeepsLiveTunnels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a kube-apiserver")
+	}
+	bye := byeServer(t)
+	echo := nodestandin.EchoServer(t, "")
+	// Port 8118 closes after one line, 8119 echoes.
+	cl, node := relayEnv(t, bye)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := node.AddPod(ctx, cl.Config, nodestandin.Pod{Namespace: "apiproxy-system", Name: "proxy-1", Labels: map[string]string{"app": "both"}, Ports: map[int32]string{8118: bye, 8119: echo}}); err != nil {
+		t.Fatal(err)
+	}
+	r := &Relay{Config: cl.Config, Context: "cl01", Namespace: "apiproxy-system", Selector: "app=both", Port: 8119}
+	defer r.Close()
+
+	// The live tunnel: streams 1 (error) and 3 (data).
+	live, err := r.DialContext(ctx, "tcp", "x:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	_ = live.SetDeadline(time.Now().Add(90 * time.Second))
+	echoOnce := func(msg string) {
+		t.Helper()
+		if _, err := io.WriteString(live, msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(live, buf); err != nil || string(buf) != msg {
+			t.Fatalf("live tunnel: %q %v", buf, err)
+		}
+	}
+	echoOnce("before")
+
+	// Stall the session on purpose: streams 5 and 7 to the closing port, then data on stream 7
+	// after the kubelet stopped reading it (bypassing streamConn.Write's guard).
+	r.Port = 8118
+	c, err := r.DialContext(ctx, "tcp", "x:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	_, _ = io.WriteString(c, "hi\n")
+	if b, err := io.ReadAll(c); string(b) != "bye\n" {
+		t.Fatalf("read %q %v", b, err)
+	}
+	sc := c.(*streamConn)
+	for range 3 {
+		_, _ = sc.data.Write([]byte("unread"))
+	}
+	// Stream 7's frame worker is now stuck: a later stream on it does not open, and the relay
+	// moves new dials to a fresh session.
+	r.Port = 8119
+	for i := 0; r.ReplacedSessions() == 0; i++ {
+		if i == 10 {
+			t.Fatal("the stalled session was never replaced: the test did not stall it")
+		}
+		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
+		d, err := r.DialContext(dctx, "tcp", "x:1")
+		dcancel()
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		_ = d.Close()
+	}
+	echoOnce("after the new session")
+	_ = c.Close()
+}
+
+// A dial does not wait for another dial's network I/O under the relay's lock: while one dial is
+// stuck listing pods, another gives up at its own deadline.
+func TestRelayDialsDoNotWaitForEachOther(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a kube-apiserver")
+	}
+	cl, _ := relayEnv(t, nodestandin.EchoServer(t, ""))
+	release := make(chan struct{})
+	listing := make(chan struct{}, 1)
+	cfg := rest.CopyConfig(cl.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+			if req.Method == http.MethodGet && strings.HasSuffix(req.URL.Path, "/pods") {
+				select {
+				case listing <- struct{}{}:
+				default:
+				}
+				<-release
+			}
+			return rt.RoundTrip(req)
+		})
+	})
+	r := &Relay{Config: cfg, Context: "cl01", Namespace: "apiproxy-system", Selector: "app=proxy", Port: 8118}
+	defer r.Close()
+
+	first := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		c, err := r.DialContext(ctx, "tcp", "x:1")
+		if err == nil {
+			_ = c.Close()
+		}
+		first <- err
+	}()
+	<-listing // the first dial is inside the pod list now
+
+	ctx, cancel := context.WithCancel(context.Background())
+	second := make(chan error, 1)
+	go func() { _, err := r.DialContext(ctx, "tcp", "x:1"); second <- err }()
+	cancel()
+	select {
+	case err := <-second:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("second dial: %v, want its own cancellation", err)
+		}
+	case <-time.After(60 * time.Second):
+		close(release)
+		t.Fatal("the second dial waited for the first one's pod list")
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("first dial: %v", err)
+	}
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 var _ net.Conn = (*streamConn)(nil)

@@ -311,7 +311,10 @@ func (o *ConnectOptions) serve(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-served:
-			return err
+			if err != nil {
+				return listenerError(err)
+			}
+			return nil
 		}
 	}
 	return o.runCommand(ctx, kubeconfig, stop, served)
@@ -356,12 +359,35 @@ func (o *ConnectOptions) runCommand(ctx context.Context, kubeconfig string, stop
 		return fmt.Errorf("running %q: %w", o.Command[0], err)
 	}
 	// The command shares our terminal: Ctrl-C reaches it directly; we only wait for it.
-	err := cmd.Wait()
-	stop()
-	<-served
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-waited:
+		stop()
+		<-served
+	case serr := <-served:
+		if serr != nil {
+			// The command can no longer reach the API server: say why, stop it, fail.
+			fmt.Fprintf(o.ErrOut, "connect: the local listener failed, stopping %q: %v\n", o.Command[0], serr)
+			if cmd.Process.Signal(syscall.SIGTERM) != nil {
+				_ = cmd.Process.Kill()
+			}
+			<-waited
+			stop()
+			return listenerError(serr)
+		}
+		err = <-waited
+		stop()
+	}
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
 		return &cmdutil.ExitError{Code: exitErr.ExitCode()}
 	}
 	return err
+}
+
+// listenerError is the failure of the local listener, which ends connect with a non-zero status.
+func listenerError(err error) error {
+	return fmt.Errorf("the local tunnelling listener failed (no new tunnels can open; raise the open-file limit with ulimit -n if it says \"too many open files\"): %w", err)
 }

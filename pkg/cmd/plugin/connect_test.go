@@ -1,9 +1,14 @@
 package plugin
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/tools/clientcmd"
@@ -60,5 +65,28 @@ func TestConnectValidation(t *testing.T) {
 	got, err := clientcmd.Load(out.Bytes())
 	if err != nil || got.Clusters["c"].ProxyURL != "http://127.0.0.9:8118" {
 		t.Fatalf("printed kubeconfig: %v %+v", err, got)
+	}
+}
+
+// A listener that fails while the command runs ends connect with an error (non-zero status) that
+// says so, and the command, which can no longer reach the API server, is stopped.
+func TestConnectListenerFailureStopsCommand(t *testing.T) {
+	var errOut bytes.Buffer
+	o := &ConnectOptions{IOStreams: genericiooptions.IOStreams{In: strings.NewReader(""), Out: io.Discard, ErrOut: &errOut},
+		Command: []string{"sleep", "600"}}
+	served := make(chan error, 1)
+	served <- errors.New("accept tcp 127.0.0.1:1: too many open files")
+	done := make(chan error, 1)
+	go func() { done <- o.runCommand(context.Background(), "/nonexistent", func() {}, served) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "listener failed") || !strings.Contains(err.Error(), "too many open files") {
+			t.Fatalf("runCommand = %v, want the listener's failure", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("connect kept waiting for the command after its listener failed")
+	}
+	if !strings.Contains(errOut.String(), "stopping \"sleep\"") {
+		t.Fatalf("stderr does not say the command is stopped: %q", errOut.String())
 	}
 }
