@@ -172,7 +172,7 @@ func (o *proxyOptions) Validate() error {
 		}
 	}
 	switch o.Auth {
-	case authNone:
+	case authNone, "":
 		if o.Kubeconfig != "" {
 			return errors.New("--kubeconfig is only used by --auth tokenreview")
 		}
