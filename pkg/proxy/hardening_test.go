@@ -133,8 +133,12 @@ func TestIdleConnectionsDoNotStarveAConnect(t *testing.T) {
 func TestPendingHeadsAreCapped(t *testing.T) {
 	up := echoServer(t, "tcp", "127.0.0.1:0")
 	tp := startProxy(t, Config{Upstream: up, HeaderTimeout: 30 * time.Second, MaxPendingHeads: 10})
-	idle := openIdle(t, tp.addr, 10)
-	waitFor(t, func() bool { return tp.PendingHeads() == 10 })
+	// One at a time, so that the order of arrival is known.
+	var idle []net.Conn
+	for i := 1; i <= 10; i++ {
+		idle = append(idle, openIdle(t, tp.addr, 1)...)
+		waitFor(t, func() bool { return tp.PendingHeads() == i })
+	}
 	openIdle(t, tp.addr, 1)
 	idle[0].SetReadDeadline(time.Now().Add(10 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(idle[0]), &http.Request{Method: http.MethodConnect})

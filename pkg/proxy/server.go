@@ -430,6 +430,7 @@ func (s *Server) done(c net.Conn, tl *tunnelLog) {
 type headReader struct {
 	first byte
 	has   bool
+	err   error // the first read error: bufio.Reader.ReadLine hands out a partial line without it
 	limitedReader
 }
 
@@ -438,7 +439,11 @@ func (h *headReader) Read(p []byte) (int, error) {
 		p[0], h.has = h.first, false
 		return 1, nil
 	}
-	return h.limitedReader.Read(p)
+	n, err := h.limitedReader.Read(p)
+	if err != nil && h.err == nil {
+		h.err = err
+	}
+	return n, err
 }
 
 func (s *Server) handleConnect(c net.Conn) {
@@ -472,8 +477,14 @@ func (s *Server) handleConnect(c net.Conn) {
 	defer release()
 	if n == 1 {
 		tl.sent = true
-		br.Reset(&headReader{first: first[0], has: true, limitedReader: limitedReader{r: c, n: int64(s.cfg.MaxHeaderBytes) - 1}})
+		hr := &headReader{first: first[0], has: true, limitedReader: limitedReader{r: c, n: int64(s.cfg.MaxHeaderBytes) - 1}}
+		br.Reset(hr)
 		req, err = ParseConnectRequest(br)
+		if err != nil && errors.Is(hr.err, os.ErrDeadlineExceeded) {
+			// A line cut by the deadline may have been parsed as if complete: the deadline is the
+			// reason, not the malformed text.
+			err = fmt.Errorf("reading the request head: %w", hr.err)
+		}
 	} else if err == nil {
 		err = io.ErrUnexpectedEOF
 	}
