@@ -19,7 +19,7 @@ export CGO_ENABLED ?= 0
 ASSETS = $(shell hack/test-assets.sh --dir)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build test unit test-assets e2e bench lint clean demo demo-down
+.PHONY: help build test unit test-assets e2e bench lint clean demo demo-down fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,11 @@ demo: ## the seed's cl01/cl02 example on this machine: get-ip and connect, end t
 
 demo-down: ## stop what `make demo` started
 	hack/demo.sh down
+
+FUZZTIME ?= 1m
+fuzz: ## run the proxy's fuzz targets for FUZZTIME each (default 1m; `go test` always runs their corpus)
+	for f in FuzzParseConnectRequest FuzzParseAuthority FuzzAllowListMatch; do \
+	  go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./pkg/proxy/ || exit 1; done
 
 lint: ## gofmt, go vet, and the plugin vetted for the krew platforms (darwin, windows)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

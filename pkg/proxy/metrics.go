@@ -15,6 +15,18 @@ const (
 	ResultOverCapacity  = "over_capacity"  // 503, --max-tunnels reached
 	ResultDialRefused   = "dial_failed"    // 502
 	ResultDialTimeout   = "dial_timeout"   // 504
+	// ResultNoRequest: the client closed without sending a byte (a TCP health probe). Counted, not
+	// logged.
+	ResultNoRequest = "no_request"
+	// ResultEvicted: 408 to the oldest connection still without a head when --max-pending-heads
+	// was reached.
+	ResultEvicted = "pending_evicted"
+	// ResultDrainRefused: 503 to a connection that had no complete head when the drain began.
+	ResultDrainRefused = "drain_refused"
+	// ResultUnauthenticated, ResultForbidden, ResultAuthUnavailable: 407, 403, 503 from --auth.
+	ResultUnauthenticated = "unauthenticated"
+	ResultForbidden       = "forbidden"
+	ResultAuthUnavailable = "auth_unavailable"
 )
 
 // Listener kinds, the `listener` label.
@@ -29,6 +41,9 @@ type metrics struct {
 	bytesUp  prometheus.Counter
 	bytesDn  prometheus.Counter
 	dialTime *prometheus.HistogramVec
+	pending  prometheus.Gauge
+	refused  *prometheus.CounterVec
+	auth     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,6 +61,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to dial the upstream (or allowed target), including a CONNECT through --upstream-proxy.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"result"}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "apiproxy_proxy_pending_heads",
+			Help: "Accepted CONNECT connections whose request head is not complete yet (bounded by --max-pending-heads).",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "apiproxy_proxy_sources_refused_total",
+			Help: "Connections closed unread because their source is outside --allow-source, by listener kind.",
+		}, []string{"listener"}),
+		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "apiproxy_proxy_auth_total",
+			Help: "CONNECT requests checked by --auth, by outcome: allowed, unauthenticated (407), forbidden (403), unavailable (503).",
+		}, []string{"outcome"}),
 	}
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "apiproxy_proxy_bytes_total",
@@ -54,7 +81,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.bytesUp = bytes.WithLabelValues("client_to_upstream")
 	m.bytesDn = bytes.WithLabelValues("upstream_to_client")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.active, m.total, bytes, m.dialTime} {
+		for _, c := range []prometheus.Collector{m.active, m.total, bytes, m.dialTime, m.pending, m.refused, m.auth} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

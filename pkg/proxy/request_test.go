@@ -3,7 +3,9 @@ package proxy
 import (
 	"bufio"
 	"errors"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -95,6 +97,32 @@ func FuzzParseConnectRequest(f *testing.F) {
 		again, err := parse("CONNECT " + req.Authority + " " + req.Proto + "\r\n\r\n")
 		if err != nil || again.Authority != req.Authority {
 			t.Fatalf("round trip of %q: %v", req.Authority, err)
+		}
+	})
+}
+
+// FuzzParseAuthority: the authority parser never panics, and what it accepts is a host name (no
+// brackets, no colon) or a bracketed IPv6 address without zone, with a port 1-65535, and reparses
+// to the same result.
+func FuzzParseAuthority(f *testing.F) {
+	f.Fuzz(func(t *testing.T, authority string) {
+		host, port, err := ParseAuthority(authority)
+		if err != nil {
+			return
+		}
+		if port == 0 || host == "" || len(host) > 253 {
+			t.Fatalf("%q accepted as %q port %d", authority, host, port)
+		}
+		if strings.Contains(host, ":") {
+			if !strings.HasPrefix(authority, "["+host+"]:") || strings.Contains(host, "%") {
+				t.Fatalf("%q: IPv6 host %q not bracketed or with a zone", authority, host)
+			}
+		} else if !isHostname(host) {
+			t.Fatalf("%q: host %q is not a host name", authority, host)
+		}
+		h2, p2, err := ParseAuthority(net.JoinHostPort(host, strconv.Itoa(int(port))))
+		if err != nil || h2 != host || p2 != port {
+			t.Fatalf("%q does not round-trip: %q %d %v", authority, h2, p2, err)
 		}
 	})
 }

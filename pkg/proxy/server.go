@@ -5,7 +5,10 @@ package proxy
 
 import (
 	"bufio"
+	"container/list"
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,6 +47,20 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxTunnels caps concurrent tunnels; more are answered 503 (0: no cap).
 	MaxTunnels int
+	// MaxPendingHeads caps the CONNECT connections still without a complete request head; at the
+	// cap, the oldest of them is answered 408 and closed, so idle or slow clients can't crowd out a
+	// client that sends its head at once (default 4096).
+	MaxPendingHeads int
+	// AllowSources, when set, lists the only client addresses served (both listener kinds); others
+	// are closed before anything is read.
+	AllowSources *SourceList
+	// Auth, when set, checks every CONNECT before anything is dialed (not the transparent
+	// listeners: raw TCP carries no credentials).
+	Auth Authenticator
+	// AuthTimeout bounds one authentication (default 10s).
+	AuthTimeout time.Duration
+	// Audit, when set, receives one record per tunnel.
+	Audit *AuditLog
 	// KeepAlive is the TCP keepalive period of dialed connections (default 30s; <0 disables).
 	KeepAlive time.Duration
 	// Dialer dials TCP (the upstream, allowed targets, or the upstream proxy). Nil means a net.Dialer;
@@ -61,6 +79,13 @@ type Server struct {
 	m       *metrics
 	dialer  tunnel.ContextDialer
 	tunnels atomic.Int64 // established or being dialed, counted against MaxTunnels
+
+	idPrefix   string
+	ids        atomic.Uint64
+	refusedLog sometimes
+
+	pmu     sync.Mutex
+	pending list.List // of *pendingConn, oldest first
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -89,11 +114,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = 30 * time.Second
 	}
+	if cfg.MaxPendingHeads <= 0 {
+		cfg.MaxPendingHeads = 4096
+	}
+	if cfg.AuthTimeout <= 0 {
+		cfg.AuthTimeout = 10 * time.Second
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("proxy metrics: %w", err)
 	}
-	s := &Server{cfg: cfg, m: m, listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]io.Closer{}}
+	s := &Server{cfg: cfg, m: m, listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]io.Closer{},
+		idPrefix: newIDPrefix(), refusedLog: sometimes{interval: 10 * time.Second}}
 	var base tunnel.ContextDialer = &net.Dialer{KeepAlive: cfg.KeepAlive}
 	if cfg.Dialer != nil {
 		base = cfg.Dialer
@@ -118,14 +150,14 @@ func Listen(ctx context.Context, addr string, keepAlive time.Duration) (net.List
 var ErrServerClosed = errors.New("proxy: server closed")
 
 // Serve accepts CONNECT requests on l until Shutdown.
-func (s *Server) Serve(l net.Listener) error { return s.serve(l, s.handleConnect) }
+func (s *Server) Serve(l net.Listener) error { return s.serve(l, KindConnect, s.handleConnect) }
 
 // ServeTCP accepts raw TCP connections on l and relays each to the upstream (transparent listener).
-func (s *Server) ServeTCP(l net.Listener) error { return s.serve(l, s.handleTCP) }
+func (s *Server) ServeTCP(l net.Listener) error { return s.serve(l, KindTCP, s.handleTCP) }
 
 // serve accepts on l. Each connection's handler owns it from then on and must end with s.done,
 // either itself or, once the tunnel is relaying, from the relay's completion.
-func (s *Server) serve(l net.Listener, handle func(net.Conn)) error {
+func (s *Server) serve(l net.Listener, kind string, handle func(net.Conn)) error {
 	if !s.track(l) {
 		l.Close()
 		return ErrServerClosed
@@ -149,11 +181,28 @@ func (s *Server) serve(l net.Listener, handle func(net.Conn)) error {
 			return err
 		}
 		backoff = 0
+		if !s.cfg.AllowSources.Allows(c.RemoteAddr()) {
+			s.refuseSource(c, kind)
+			continue
+		}
 		if !s.trackConn(c) {
 			c.Close()
 			continue
 		}
 		go handle(c)
+	}
+}
+
+// refuseSource closes a connection from outside --allow-source without reading from it.
+func (s *Server) refuseSource(c net.Conn, kind string) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // a reset: nothing to flush, and no TIME_WAIT on our side
+	}
+	c.Close()
+	s.m.refused.WithLabelValues(kind).Inc()
+	if ok, held := s.refusedLog.allow(time.Now()); ok {
+		s.cfg.Logger.Info("refused a connection from outside --allow-source", "listener", kind,
+			"source", c.RemoteAddr().String(), "alsoRefusedSinceLastLine", held)
 	}
 }
 
@@ -219,6 +268,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
+	// Connections still without a complete head get 503 now rather than a new tunnel later.
+	s.pmu.Lock()
+	for e := s.pending.Front(); e != nil; e = e.Next() {
+		e.Value.(*pendingConn).interrupt(interruptDrain)
+	}
+	s.pmu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -250,29 +305,149 @@ func (s *Server) release() { s.tunnels.Add(-1) }
 
 var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
-// tunnelLog accumulates the single log line of a connection.
-type tunnelLog struct {
-	kind, authority, dialed, result string
-	start                           time.Time
-	up, down                        int64
-	err                             error
+// Why a pending connection's wait for its head was cut short.
+const (
+	interruptNone int32 = iota
+	interruptEvict
+	interruptDrain
+)
+
+// pendingConn is a CONNECT connection waiting for its request head.
+type pendingConn struct {
+	c    net.Conn
+	elem *list.Element // nil once removed; guarded by Server.pmu
+	why  atomic.Int32
 }
 
-// done settles a finished connection: its metric, its log line, and the drain bookkeeping.
+// interrupt ends the head's wait: the owner's read fails with a deadline error and it answers
+// according to why. Only the owner writes to the connection.
+func (p *pendingConn) interrupt(why int32) {
+	p.why.CompareAndSwap(interruptNone, why)
+	_ = p.c.SetReadDeadline(time.Unix(1, 0))
+}
+
+// addPending registers c as waiting for its head, evicting the oldest waiting connection when the
+// cap is reached.
+func (s *Server) addPending(c net.Conn) *pendingConn {
+	p := &pendingConn{c: c}
+	s.pmu.Lock()
+	if s.pending.Len() >= s.cfg.MaxPendingHeads {
+		oldest := s.pending.Front()
+		op := oldest.Value.(*pendingConn)
+		s.pending.Remove(oldest)
+		op.elem = nil
+		op.interrupt(interruptEvict)
+		s.m.pending.Dec()
+	}
+	p.elem = s.pending.PushBack(p)
+	s.pmu.Unlock()
+	s.m.pending.Inc()
+	return p
+}
+
+// removePending ends p's wait. After it returns no one else touches p's deadline.
+func (s *Server) removePending(p *pendingConn) {
+	s.pmu.Lock()
+	if p.elem != nil {
+		s.pending.Remove(p.elem)
+		p.elem = nil
+		s.m.pending.Dec()
+	}
+	s.pmu.Unlock()
+}
+
+// PendingHeads is the number of CONNECT connections still without a complete head.
+func (s *Server) PendingHeads() int {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	return s.pending.Len()
+}
+
+// tunnelLog accumulates the single log line (and audit record) of a connection.
+type tunnelLog struct {
+	kind, source, authority, dialed, result, auth string
+	id                                            string
+	status                                        int
+	identity                                      *Identity
+	start                                         time.Time
+	up, down                                      int64
+	sent                                          bool // the client sent at least one byte
+	err                                           error
+}
+
+func newIDPrefix() string {
+	var b [4]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (s *Server) newLog(kind string, c net.Conn) *tunnelLog {
+	return &tunnelLog{kind: kind, start: time.Now(), source: c.RemoteAddr().String(),
+		id: s.idPrefix + "-" + strconv.FormatUint(s.ids.Add(1), 36)}
+}
+
+// done settles a finished connection: its metric, its log line and audit record, and the drain
+// bookkeeping. A connection whose client never sent a byte (a TCP health probe) gets no line: it is
+// only counted, unless dialing the upstream for it failed (the transparent path dials at once).
 func (s *Server) done(c net.Conn, tl *tunnelLog) {
 	defer s.untrackConn(c)
 	s.m.total.WithLabelValues(tl.kind, tl.result).Inc()
-	kv := []any{"listener", tl.kind, "peer", c.RemoteAddr().String(), "authority", tl.authority,
-		"dialed", tl.dialed, "bytesUp", tl.up, "bytesDown", tl.down,
-		"duration", time.Since(tl.start).Round(time.Microsecond).String(), "result", tl.result}
-	if tl.err != nil {
-		kv = append(kv, "error", tl.err.Error())
+	if !tl.sent && tl.up == 0 && tl.result != ResultDialRefused && tl.result != ResultDialTimeout {
+		return
 	}
-	s.cfg.Logger.Info("tunnel", kv...)
+	d := time.Since(tl.start)
+	if logger := s.cfg.Logger; logger.Enabled() {
+		kv := make([]any, 0, 26)
+		kv = append(kv, "id", tl.id, "listener", tl.kind, "peer", tl.source, "authority", tl.authority,
+			"dialed", tl.dialed, "bytesUp", tl.up, "bytesDown", tl.down, "duration", d.Round(time.Microsecond),
+			"result", tl.result)
+		if tl.identity != nil {
+			kv = append(kv, "user", tl.identity.User)
+		}
+		if tl.err != nil {
+			kv = append(kv, "error", tl.err.Error())
+		}
+		logger.Info("tunnel", kv...)
+	}
+	if s.cfg.Audit != nil {
+		r := &AuditRecord{Time: tl.start.UTC().Format(time.RFC3339Nano), ID: tl.id, Listener: tl.kind,
+			Source: tl.source, Auth: tl.auth, Authority: tl.authority, Dialed: tl.dialed, Status: tl.status,
+			BytesUp: tl.up, BytesDown: tl.down, Duration: d.Seconds(), End: tl.result}
+		if tl.identity != nil {
+			r.User, r.Groups = tl.identity.User, tl.identity.Groups
+		}
+		if tl.err != nil {
+			r.Error = tl.err.Error()
+		}
+		if err := s.cfg.Audit.Write(r); err != nil {
+			s.cfg.Logger.Error(err, "writing the audit log")
+		}
+	}
+}
+
+// headReader hands out the byte that ended the wait for the head, then reads the connection, up to
+// the head size limit.
+type headReader struct {
+	first byte
+	has   bool
+	err   error // the first read error: bufio.Reader.ReadLine hands out a partial line without it
+	limitedReader
+}
+
+func (h *headReader) Read(p []byte) (int, error) {
+	if h.has && len(p) > 0 {
+		p[0], h.has = h.first, false
+		return 1, nil
+	}
+	n, err := h.limitedReader.Read(p)
+	if err != nil && h.err == nil {
+		h.err = err
+	}
+	return n, err
 }
 
 func (s *Server) handleConnect(c net.Conn) {
-	tl := &tunnelLog{kind: KindConnect, start: time.Now()}
+	tl := s.newLog(KindConnect, c)
 	acquired := false
 	handedOff := false
 	defer func() {
@@ -285,11 +460,35 @@ func (s *Server) handleConnect(c net.Conn) {
 		s.done(c, tl)
 	}()
 
+	// Wait for the first byte without a buffer: an idle connection costs its goroutine only.
+	p := s.addPending(c)
 	_ = c.SetReadDeadline(tl.start.Add(s.cfg.HeaderTimeout))
+	var req *ConnectRequest
+	var first [1]byte
+	n, err := c.Read(first[:])
 	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(&limitedReader{r: c, n: int64(s.cfg.MaxHeaderBytes)})
-	release := func() { br.Reset(nil); readerPool.Put(br) }
-	req, err := ParseConnectRequest(br)
+	release := func() {
+		if br != nil {
+			br.Reset(nil)
+			readerPool.Put(br)
+			br = nil
+		}
+	}
+	defer release()
+	if n == 1 {
+		tl.sent = true
+		hr := &headReader{first: first[0], has: true, limitedReader: limitedReader{r: c, n: int64(s.cfg.MaxHeaderBytes) - 1}}
+		br.Reset(hr)
+		req, err = ParseConnectRequest(br)
+		if err != nil && errors.Is(hr.err, os.ErrDeadlineExceeded) {
+			// A line cut by the deadline may have been parsed as if complete: the deadline is the
+			// reason, not the malformed text.
+			err = fmt.Errorf("reading the request head: %w", hr.err)
+		}
+	} else if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	s.removePending(p)
 	if err != nil {
 		release()
 		tl.err = err
@@ -300,16 +499,28 @@ func (s *Server) handleConnect(c net.Conn) {
 			if re.Status == http.StatusMethodNotAllowed {
 				tl.result = ResultMethod
 			}
-			s.reject(c, re.Status, re.Reason, "Allow", "CONNECT")
+			tl.status = re.Status
+			s.reject(c, re.Status, re.Reason, "Allow: CONNECT")
 		case errors.Is(err, errHeadTooLarge):
-			tl.result = ResultBadRequest
+			tl.result, tl.status = ResultBadRequest, http.StatusBadRequest
 			s.reject(c, http.StatusBadRequest, fmt.Sprintf("request head larger than %d bytes", s.cfg.MaxHeaderBytes))
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// A slow (or slowloris) client: cut it without an answer it would not read anyway.
-			tl.result = ResultHeaderTimeout
-			c.Close()
+			switch p.why.Load() {
+			case interruptDrain:
+				tl.result, tl.status = ResultDrainRefused, http.StatusServiceUnavailable
+				s.reject(c, tl.status, "the proxy is shutting down")
+			case interruptEvict:
+				tl.result, tl.status = ResultEvicted, http.StatusRequestTimeout
+				s.reject(c, tl.status, "request head not received in time")
+			default:
+				tl.result, tl.status = ResultHeaderTimeout, http.StatusRequestTimeout
+				s.reject(c, tl.status, "request head not received in time")
+			}
 		default:
 			tl.result = ResultClientGone
+			if !tl.sent {
+				tl.result = ResultNoRequest
+			}
 			c.Close()
 		}
 		return
@@ -317,30 +528,46 @@ func (s *Server) handleConnect(c net.Conn) {
 	tl.authority = req.Authority
 	_ = c.SetReadDeadline(time.Time{})
 
+	if s.isDraining() {
+		release()
+		tl.result, tl.status = ResultDrainRefused, http.StatusServiceUnavailable
+		s.reject(c, tl.status, "the proxy is shutting down")
+		return
+	}
 	if !s.acquire() {
 		release()
-		tl.result = ResultOverCapacity
-		s.reject(c, http.StatusServiceUnavailable, fmt.Sprintf("too many tunnels (max %d)", s.cfg.MaxTunnels))
+		tl.result, tl.status = ResultOverCapacity, http.StatusServiceUnavailable
+		s.reject(c, http.StatusServiceUnavailable, "too many tunnels")
 		return
 	}
 	acquired = true
 
+	if s.cfg.Auth != nil {
+		if !s.authenticate(c, req, tl) {
+			release()
+			return
+		}
+	}
+
 	target := s.cfg.Upstream
-	if s.cfg.Allow.Allows(req.Host, req.Port) {
-		target = req.Authority
+	if t, ok := s.cfg.Allow.Match(req.Host, req.Port); ok {
+		target = t
 	}
 	tl.dialed = target
 	up, status, err := s.dial(target)
 	if err != nil {
 		release()
-		tl.err = err
+		tl.err, tl.status = err, status
 		tl.result = ResultDialRefused
 		if status == http.StatusGatewayTimeout {
 			tl.result = ResultDialTimeout
 		}
-		s.reject(c, status, fmt.Sprintf("dial %s: %v", target, err))
+		// The client learns the status, never the address or errno: those would map what lies
+		// behind the proxy. The details are in the log line and the metrics.
+		s.reject(c, status, upstreamReason(status))
 		return
 	}
+	tl.status = http.StatusOK
 	// 200 only now that the upstream is connected.
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		release()
@@ -368,8 +595,53 @@ func (s *Server) handleConnect(c net.Conn) {
 	s.relay(c, up, tl)
 }
 
+// authenticate runs --auth for req and answers a refusal itself; it reports whether to go on.
+func (s *Server) authenticate(c net.Conn, req *ConnectRequest, tl *tunnelLog) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.AuthTimeout)
+	defer cancel()
+	id, err := s.cfg.Auth.Authenticate(ctx, req)
+	if err == nil {
+		tl.identity, tl.auth = id, AuthAllowed
+		s.m.auth.WithLabelValues(AuthAllowed).Inc()
+		return true
+	}
+	tl.err = err
+	var ae *AuthError
+	switch {
+	case errors.As(err, &ae) && ae.Status == http.StatusProxyAuthRequired:
+		tl.auth, tl.result, tl.status = AuthUnauthenticated, ResultUnauthenticated, ae.Status
+		var hdrs []string
+		for _, ch := range s.cfg.Auth.Challenges() {
+			hdrs = append(hdrs, "Proxy-Authenticate: "+ch)
+		}
+		s.reject(c, ae.Status, "proxy authentication required: send Proxy-Authorization: Bearer <token>", hdrs...)
+	case errors.As(err, &ae) && ae.Status == http.StatusForbidden:
+		tl.identity = ae.Identity
+		tl.auth, tl.result, tl.status = AuthForbidden, ResultForbidden, ae.Status
+		s.reject(c, ae.Status, "not allowed to open this tunnel")
+	default:
+		tl.auth, tl.result, tl.status = AuthUnavailable, ResultAuthUnavailable, http.StatusServiceUnavailable
+		s.reject(c, tl.status, "authentication is unavailable, try again later")
+	}
+	s.m.auth.WithLabelValues(tl.auth).Inc()
+	return false
+}
+
+func upstreamReason(status int) string {
+	switch status {
+	case http.StatusGatewayTimeout:
+		return "upstream connection timed out"
+	case http.StatusForbidden:
+		return "the upstream proxy refused the tunnel"
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		return "the upstream proxy is unavailable, try again later"
+	default:
+		return "upstream connection failed"
+	}
+}
+
 func (s *Server) handleTCP(c net.Conn) {
-	tl := &tunnelLog{kind: KindTCP, start: time.Now()}
+	tl := s.newLog(KindTCP, c)
 	if !s.acquire() {
 		tl.result = ResultOverCapacity
 		c.Close()
@@ -434,7 +706,7 @@ func (s *Server) progress(toUpstream bool, n int64) {
 	}
 }
 
-// dial connects to target, and says which status a failure maps to: 504 for a timeout, else 502.
+// dial connects to target, and says which status a failure maps to (see dialStatus).
 func (s *Server) dial(target string) (net.Conn, int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DialTimeout)
 	defer cancel()
@@ -448,11 +720,17 @@ func (s *Server) dial(target string) (net.Conn, int, error) {
 	return c, http.StatusOK, nil
 }
 
+// dialStatus maps a failed dial to our answer: 504 for a timeout, else 502. A refusal by the
+// --upstream-proxy keeps its meaning where it has one for our client too (403 forbidden, 429 and
+// 503 try later, 502, 504); its other answers (a 407 for credentials we don't have, a 400) are our
+// gateway's failure: 502.
 func dialStatus(err error) int {
 	var ce *tunnel.ConnectError
 	if errors.As(err, &ce) {
-		if ce.StatusCode == http.StatusGatewayTimeout {
-			return http.StatusGatewayTimeout
+		switch ce.StatusCode {
+		case http.StatusForbidden, http.StatusTooManyRequests, http.StatusBadGateway,
+			http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return ce.StatusCode
 		}
 		return http.StatusBadGateway
 	}
@@ -463,14 +741,17 @@ func dialStatus(err error) int {
 	return http.StatusBadGateway
 }
 
-// reject answers status and closes c gracefully: half-close, then drain what the client still
-// sends for a moment, so the answer is not destroyed by a reset.
-func (s *Server) reject(c net.Conn, status int, reason string, extra ...string) {
+// reject answers status with a short generic reason and closes c gracefully: half-close, then drain
+// what the client still sends for a moment, so the answer is not destroyed by a reset. headers are
+// extra "Name: value" lines.
+func (s *Server) reject(c net.Conn, status int, reason string, headers ...string) {
 	body := reason + "\n"
 	head := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n" +
 		"Content-Type: text/plain; charset=utf-8\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\nConnection: close\r\n"
-	if status == http.StatusMethodNotAllowed && len(extra) == 2 {
-		head += extra[0] + ": " + extra[1] + "\r\n"
+	for _, h := range headers {
+		if status == http.StatusMethodNotAllowed || !strings.HasPrefix(h, "Allow:") {
+			head += h + "\r\n"
+		}
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, _ = io.WriteString(c, head+"\r\n"+body)

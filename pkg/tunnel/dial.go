@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// ConnectError is a CONNECT that the proxy answered with something other than 200.
+// ConnectError is a CONNECT that the proxy answered with something other than 2xx.
 type ConnectError struct {
 	Proxy      string // the proxy's address, as dialed
 	Target     string // the authority that was requested
@@ -135,7 +135,9 @@ func handshake(ctx context.Context, conn net.Conn, proxy, target string, hdr htt
 	if err != nil {
 		return nil, handshakeErr(ctx, proxy, target, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	// Any 2xx establishes the tunnel (RFC 9110, 9.3.6); the rest is a refusal, kept with its status
+	// so that the caller can map it faithfully.
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		resp.Body.Close()
 		return nil, &ConnectError{Proxy: proxy, Target: target, StatusCode: resp.StatusCode, Status: resp.Status}
 	}

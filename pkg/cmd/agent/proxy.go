@@ -13,10 +13,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/apiproxy/apiproxy/pkg/health"
 	"github.com/apiproxy/apiproxy/pkg/proxy"
+	"github.com/apiproxy/apiproxy/pkg/proxy/tokenreview"
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
 
@@ -24,28 +28,42 @@ func init() { registerRole(newProxyCommand) }
 
 // proxyOptions are the flags of `agent proxy` (names are a contract with the deploy manifests).
 type proxyOptions struct {
-	Listen         string
-	ListenTCP      []string
-	Upstream       string
-	UpstreamProxy  string
-	AllowTargets   []string
-	MetricsAddr    string
-	MaxTunnels     int
-	MaxHeaderBytes int
-	HeaderTimeout  time.Duration
-	DialTimeout    time.Duration
-	IdleTimeout    time.Duration
-	ShutdownGrace  time.Duration
-	KeepAlive      time.Duration
-	ReadyDial      bool
+	Listen          string
+	ListenTCP       []string
+	Upstream        string
+	UpstreamProxy   string
+	AllowTargets    []string
+	MetricsAddr     string
+	MaxTunnels      int
+	MaxHeaderBytes  int
+	HeaderTimeout   time.Duration
+	DialTimeout     time.Duration
+	IdleTimeout     time.Duration
+	ShutdownGrace   time.Duration
+	KeepAlive       time.Duration
+	ReadyDial       bool
+	MaxPendingHeads int
+	AllowSources    []string
+	Auth            string
+	Kubeconfig      string
+	AuditLog        string
 
 	// getenv reads KUBERNETES_SERVICE_*; tests replace it.
-	getenv func(string) string
-	allow  *proxy.AllowList
+	getenv  func(string) string
+	allow   *proxy.AllowList
+	sources *proxy.SourceList
+	// out receives the audit records of --audit-log -.
+	out io.Writer
 }
 
+// --auth modes.
+const (
+	authNone        = "none"
+	authTokenReview = "tokenreview"
+)
+
 func newProxyCommand(out, errOut io.Writer) *cobra.Command {
-	o := &proxyOptions{getenv: os.Getenv}
+	o := &proxyOptions{getenv: os.Getenv, out: out}
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "HTTP CONNECT proxy (and transparent TCP listeners) to the local kube-apiserver",
@@ -54,12 +72,22 @@ names, unless the authority matches an --allow-target (then it is dialed as name
 ever dialed: it is not an open proxy. TLS runs end to end; the proxy holds no credentials.
 
 --listen-tcp adds transparent listeners (e.g. on a node IP) that relay raw TCP to the upstream.
---upstream-proxy makes every upstream dial itself a CONNECT through another proxy.`,
+--upstream-proxy makes every upstream dial itself a CONNECT through another proxy.
+
+Who may tunnel: --allow-source limits the client addresses of every listener (others are closed
+unread). --auth tokenreview requires a Kubernetes token in Proxy-Authorization on CONNECT listeners
+(Bearer, or Basic with the token as password), checked with a TokenReview and a SubjectAccessReview
+(create tunnels.apiproxy.io, resource name = the CONNECT authority); transparent --listen-tcp
+listeners carry no credentials, so --auth does not apply to them: restrict them with --allow-source.
+--audit-log writes one JSON record per tunnel.`,
 		Example: `  # in a pod: upstream from KUBERNETES_SERVICE_HOST/PORT
   agent proxy --listen :8118 --metrics-addr :9090
 
   # consumer side of a fabric: node IP listener, tunnels through the provider's proxy
-  agent proxy --listen "" --listen-tcp 10.96.0.2:443 --upstream kubernetes.default.svc:443 --upstream-proxy http://10.81.0.3:8118`,
+  agent proxy --listen "" --listen-tcp 10.96.0.2:443 --upstream kubernetes.default.svc:443 --upstream-proxy http://10.81.0.3:8118
+
+  # only peers from the fabric, each with a token granted by RBAC, audited
+  agent proxy --allow-source 10.81.0.0/16 --auth tokenreview --audit-log -`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Complete(); err != nil {
@@ -88,6 +116,11 @@ ever dialed: it is not an open proxy. TLS runs end to end; the proxy holds no cr
 	f.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long open tunnels may still run")
 	f.DurationVar(&o.KeepAlive, "tcp-keepalive", 30*time.Second, "TCP keepalive period on both sides of each tunnel (<0 disables)")
 	f.BoolVar(&o.ReadyDial, "readiness-dial-upstream", false, "/readyz also requires that the upstream is dialable")
+	f.IntVar(&o.MaxPendingHeads, "max-pending-heads", 4096, "CONNECT connections waiting for their request head; at the cap the oldest gets 408")
+	f.StringArrayVar(&o.AllowSources, "allow-source", nil, "only accept clients from this CIDR, on every listener (repeatable; default: everyone)")
+	f.StringVar(&o.Auth, "auth", authNone, "CONNECT authentication: none, or tokenreview (Proxy-Authorization token checked by TokenReview + SubjectAccessReview)")
+	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server that reviews tokens for --auth tokenreview (default: in-cluster)")
+	f.StringVar(&o.AuditLog, "audit-log", "", `write one JSON record per tunnel to this file, or "-" for stdout`)
 	return cmd
 }
 
@@ -133,7 +166,26 @@ func (o *proxyOptions) Validate() error {
 		return err
 	}
 	o.allow = al
+	if len(o.AllowSources) > 0 {
+		if o.sources, err = proxy.ParseSourceList(o.AllowSources); err != nil {
+			return err
+		}
+	}
+	switch o.Auth {
+	case authNone, "":
+		if o.Kubeconfig != "" {
+			return errors.New("--kubeconfig is only used by --auth tokenreview")
+		}
+	case authTokenReview:
+		if o.Listen == "" {
+			return errors.New("--auth tokenreview needs a CONNECT listener (--listen): transparent --listen-tcp listeners carry no credentials; use --allow-source for them")
+		}
+	default:
+		return fmt.Errorf("invalid --auth %q: want none or tokenreview", o.Auth)
+	}
 	switch {
+	case o.MaxPendingHeads < 1:
+		return fmt.Errorf("invalid --max-pending-heads %d: must be >= 1", o.MaxPendingHeads)
 	case o.MaxTunnels < 0:
 		return fmt.Errorf("invalid --max-tunnels %d: must be >= 0", o.MaxTunnels)
 	case o.MaxHeaderBytes < 256:
@@ -154,12 +206,33 @@ func (o *proxyOptions) Validate() error {
 func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 	logger := klog.Background().WithName("proxy")
 	hs := health.New()
-	srv, err := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Upstream: o.Upstream, Allow: o.allow, UpstreamProxy: o.UpstreamProxy,
 		DialTimeout: o.DialTimeout, HeaderTimeout: o.HeaderTimeout, MaxHeaderBytes: o.MaxHeaderBytes,
 		IdleTimeout: o.IdleTimeout, MaxTunnels: o.MaxTunnels, KeepAlive: o.KeepAlive,
+		MaxPendingHeads: o.MaxPendingHeads, AllowSources: o.sources,
 		Logger: logger, Registerer: hs.Registry,
-	})
+	}
+	if o.Auth == authTokenReview {
+		a, err := o.tokenReviewer()
+		if err != nil {
+			return err
+		}
+		cfg.Auth = a
+	}
+	switch o.AuditLog {
+	case "":
+	case "-":
+		cfg.Audit = proxy.NewAuditLog(o.out)
+	default:
+		f, err := os.OpenFile(o.AuditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("--audit-log: %w", err)
+		}
+		defer f.Close()
+		cfg.Audit = proxy.NewAuditLog(f)
+	}
+	srv, err := proxy.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -208,7 +281,8 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		if b.tcp {
 			kind, serve = "transparent TCP", srv.ServeTCP
 		}
-		logger.Info("listening", "kind", kind, "addr", b.l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", o.UpstreamProxy, "allowTargets", o.allow.Len())
+		logger.Info("listening", "kind", kind, "addr", b.l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", o.UpstreamProxy, "allowTargets", o.allow.Len(),
+			"allowSources", o.sources.Len(), "auth", authMode(o.Auth, b.tcp))
 		go func() { errc <- serve(b.l) }()
 	}
 	// Serve the health endpoints once the listeners are registered, so /readyz never flaps to
@@ -241,6 +315,35 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		return serveErr
 	}
 	return nil
+}
+
+// authMode is what --auth means on one listener: transparent listeners can't authenticate.
+func authMode(auth string, tcp bool) string {
+	if tcp {
+		return authNone
+	}
+	return auth
+}
+
+// tokenReviewer builds --auth tokenreview's client: --kubeconfig, else the pod's service account.
+func (o *proxyOptions) tokenReviewer() (*tokenreview.Authenticator, error) {
+	var rc *rest.Config
+	var err error
+	if o.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--auth tokenreview needs an API server client: %w (outside a cluster, pass --kubeconfig)", err)
+	}
+	rc.QPS, rc.Burst = 50, 100 // one review per new tunnel (cached), not per request
+	rc.UserAgent = "apiproxy-agent-proxy"
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("--auth tokenreview client: %w", err)
+	}
+	return tokenreview.New(cs, tokenreview.Options{}), nil
 }
 
 func (o *proxyOptions) checkUpstream() error {

@@ -26,16 +26,25 @@ func TestProxyFlagErrors(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	t.Setenv("KUBERNETES_SERVICE_PORT", "")
 	cases := map[string][]string{
-		"no upstream: pass --upstream HOST:PORT": {},
-		`invalid --upstream "api"`:               {"--upstream", "api"},
-		`invalid --allow-target "10.0.0.0/8"`:    {"--upstream", "127.0.0.1:1", "--allow-target", "10.0.0.0/8"},
-		`scheme "https" is not supported`:        {"--upstream", "127.0.0.1:1", "--upstream-proxy", "https://127.0.0.1:8118"},
-		"nothing to listen on":                   {"--upstream", "127.0.0.1:1", "--listen", ""},
-		`invalid listen address "127.0.0.1"`:     {"--upstream", "127.0.0.1:1", "--listen-tcp", "127.0.0.1"},
-		"invalid --max-tunnels -1":               {"--upstream", "127.0.0.1:1", "--max-tunnels", "-1"},
-		"invalid --header-timeout 0s":            {"--upstream", "127.0.0.1:1", "--header-timeout", "0"},
-		"invalid --dial-timeout -1s":             {"--upstream", "127.0.0.1:1", "--dial-timeout", "-1s"},
-		"invalid --max-header-bytes 10":          {"--upstream", "127.0.0.1:1", "--max-header-bytes", "10"},
+		"no upstream: pass --upstream HOST:PORT":            {},
+		`invalid --upstream "api"`:                          {"--upstream", "api"},
+		`invalid --allow-target "10.0.0.0/8"`:               {"--upstream", "127.0.0.1:1", "--allow-target", "10.0.0.0/8"},
+		`scheme "https" is not supported`:                   {"--upstream", "127.0.0.1:1", "--upstream-proxy", "https://127.0.0.1:8118"},
+		"nothing to listen on":                              {"--upstream", "127.0.0.1:1", "--listen", ""},
+		`invalid listen address "127.0.0.1"`:                {"--upstream", "127.0.0.1:1", "--listen-tcp", "127.0.0.1"},
+		"invalid --max-tunnels -1":                          {"--upstream", "127.0.0.1:1", "--max-tunnels", "-1"},
+		"invalid --header-timeout 0s":                       {"--upstream", "127.0.0.1:1", "--header-timeout", "0"},
+		"invalid --dial-timeout -1s":                        {"--upstream", "127.0.0.1:1", "--dial-timeout", "-1s"},
+		"invalid --max-header-bytes 10":                     {"--upstream", "127.0.0.1:1", "--max-header-bytes", "10"},
+		"invalid --max-pending-heads 0":                     {"--upstream", "127.0.0.1:1", "--max-pending-heads", "0"},
+		`invalid --allow-source "10.0.0.0/33"`:              {"--upstream", "127.0.0.1:1", "--allow-source", "10.0.0.0/33"},
+		`invalid --allow-source "::ffff:0:0/64"`:            {"--upstream", "127.0.0.1:1", "--allow-source", "::ffff:0:0/64"},
+		`invalid --allow-target "[::ffff:10.0.0.0]/90:443"`: {"--upstream", "127.0.0.1:1", "--allow-target", "[::ffff:10.0.0.0]/90:443"},
+		`invalid --auth "oidc": want none or tokenreview`:   {"--upstream", "127.0.0.1:1", "--auth", "oidc"},
+		"--kubeconfig is only used by --auth tokenreview":   {"--upstream", "127.0.0.1:1", "--kubeconfig", "/nonexistent"},
+		"--auth tokenreview needs a CONNECT listener":       {"--upstream", "127.0.0.1:1", "--auth", "tokenreview", "--listen", "", "--listen-tcp", "127.0.0.1:1"},
+		"outside a cluster, pass --kubeconfig":              {"--upstream", "127.0.0.1:1", "--auth", "tokenreview", "--listen", "127.0.0.1:0"},
+		"--audit-log":                                       {"--upstream", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--audit-log", "/nonexistent-dir/audit.jsonl"},
 	}
 	for want, args := range cases {
 		var out, errOut bytes.Buffer
@@ -85,6 +94,17 @@ type proxyProcess struct {
 // startProxyProcess runs `agent proxy args...` and waits until it accepts on waitAddr.
 func startProxyProcess(t *testing.T, env []string, waitAddr string, args ...string) *proxyProcess {
 	t.Helper()
+	return startProxyProcessEnv(t, env, "", waitAddr, args...)
+}
+
+// startProxyProcessFrom is startProxyProcess probing the listener from source address src.
+func startProxyProcessFrom(t *testing.T, src, waitAddr string, args ...string) *proxyProcess {
+	t.Helper()
+	return startProxyProcessEnv(t, nil, src, waitAddr, args...)
+}
+
+func startProxyProcessEnv(t *testing.T, env []string, src, waitAddr string, args ...string) *proxyProcess {
+	t.Helper()
 	p := &proxyProcess{stderr: &testnet.SyncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(harness.Binary(t, "./cmd/agent"), append([]string{"proxy"}, args...)...)
 	p.cmd.Env = append(os.Environ(), env...)
@@ -103,7 +123,11 @@ func startProxyProcess(t *testing.T, env []string, waitAddr string, args ...stri
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", waitAddr, time.Second)
+		d := net.Dialer{Timeout: time.Second}
+		if src != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+		}
+		c, err := d.Dial("tcp", waitAddr)
 		if err == nil {
 			c.Close()
 			return p
@@ -181,6 +205,40 @@ func TestProxyProcessDrainsOnSIGTERM(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("stderr lacks %s:\n%s", want, logs)
 		}
+	}
+}
+
+// --allow-source on the real binary: 127.0.0.2 gets through, 127.0.0.1 is closed unread and counted.
+func TestProxyProcessAllowSource(t *testing.T) {
+	upstream := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.Copy(c, c) })
+	listen, metrics := freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1")
+	// Wait for the listener from an allowed address (a refused probe would be counted).
+	startProxyProcessFrom(t, "127.0.0.2", listen, "--listen", listen, "--upstream", upstream,
+		"--metrics-addr", metrics, "--allow-source", "127.0.0.2/32", "--allow-source", "::1/128")
+	dial := func(src string) (int, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", listen)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "CONNECT x:443 HTTP/1.1\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			return 0, err
+		}
+		return resp.StatusCode, nil
+	}
+	if code, err := dial("127.0.0.2"); code != 200 {
+		t.Fatalf("from 127.0.0.2: %d %v", code, err)
+	}
+	if code, err := dial("127.0.0.1"); code != 0 || err == nil {
+		t.Fatalf("from 127.0.0.1: %d %v, want the connection closed unanswered", code, err)
+	}
+	body := getBody(t, "http://"+metrics+"/metrics")
+	if !strings.Contains(body, `apiproxy_proxy_sources_refused_total{listener="connect"} 1`) {
+		t.Fatalf("refusal not counted:\n%s", grepLines(body, "apiproxy_proxy_sources"))
 	}
 }
 
@@ -265,7 +323,7 @@ func TestProxyReadinessCanRequireADialableUpstream(t *testing.T) {
 		o := &proxyOptions{
 			Listen: freeAddr(t, "127.0.0.1"), Upstream: upstream, MetricsAddr: freeAddr(t, "127.0.0.1"),
 			MaxHeaderBytes: 8192, HeaderTimeout: time.Second, DialTimeout: time.Second, ShutdownGrace: time.Second,
-			KeepAlive: time.Second, ReadyDial: dial, getenv: func(string) string { return "" },
+			KeepAlive: time.Second, ReadyDial: dial, MaxPendingHeads: 16, getenv: func(string) string { return "" },
 		}
 		if err := o.Validate(); err != nil {
 			t.Fatal(err)
