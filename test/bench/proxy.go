@@ -33,10 +33,13 @@ import (
 const benchChildEnv = "APIPROXY_BENCH_CHILD"
 
 var (
-	proxyRounds  = flag.Int("rounds", 3, "proxy suite: interleaved rounds (medians are reported)")
-	proxyIdle    = flag.Int("idle", 2000, "proxy suite: idle tunnels opened to measure memory per tunnel")
-	proxyProfile = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
-	proxyPeers   = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
+	proxyRounds   = flag.Int("rounds", 3, "proxy suite: interleaved rounds (medians are reported)")
+	proxyIdle     = flag.Int("idle", 2000, "proxy suite: idle tunnels opened to measure memory per tunnel")
+	proxyProfile  = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
+	proxyOnly     = flag.String("measure", "bulk,setups,rtt,idle", "proxy suite: which measurements to run (for profiling one)")
+	proxyAgentEnv = flag.String("agent-env", "", "proxy suite: extra environment of the agents, comma-separated (e.g. GOMAXPROCS=1, to try runtime settings)")
+	proxyCompare  = flag.String("compare", "", "proxy suite: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
+	proxyPeers    = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
 )
 
 func init() {
@@ -98,7 +101,7 @@ func runMinimalRelay(upstream string) {
 }
 
 // runProfiledAgent is `agent` (the same command tree as the binary) under a CPU profile, for -profile:
-// the arguments come NUL-separated in APIPROXY_BENCH_ARGS; SIGTERM ends it (the proxy drains) and
+// the arguments come separated by \x1f (unit separator) in APIPROXY_BENCH_ARGS; SIGTERM ends it (the proxy drains) and
 // the profiles are written.
 func runProfiledAgent() int {
 	prefix := os.Getenv("APIPROXY_BENCH_PROFILE")
@@ -113,7 +116,7 @@ func runProfiledAgent() int {
 		return 1
 	}
 	cmd := agent.NewRootCommand(os.Stdout, os.Stderr)
-	cmd.SetArgs(strings.Split(os.Getenv("APIPROXY_BENCH_ARGS"), "\x00"))
+	cmd.SetArgs(strings.Split(os.Getenv("APIPROXY_BENCH_ARGS"), "\x1f"))
 	// The proxy role handles SIGTERM itself (drain); hold the heap snapshot until then.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)
@@ -263,11 +266,12 @@ func bulk(p *proc, n int, d time.Duration) (gbps, cpuPerGiB float64, err error) 
 }
 
 // setups opens and closes echo tunnels (each carries one byte both ways) from workers goroutines
-// for d, at most 200,000 in all.
-func setups(p *proc, workers int, d time.Duration) (float64, error) {
+// for d, at most 200,000 in all: setups/s and the proxy's CPU µs per setup.
+func setups(p *proc, workers int, d time.Duration) (float64, float64, error) {
 	var n atomic.Int64
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
+	cpu0 := cpuSeconds(p.pid)
 	start := time.Now()
 	for i := 0; i < workers; i++ {
 		wg.Add(1)
@@ -285,10 +289,12 @@ func setups(p *proc, workers int, d time.Duration) (float64, error) {
 		}()
 	}
 	wg.Wait()
+	el := time.Since(start).Seconds()
+	cpu := cpuSeconds(p.pid) - cpu0
 	if e := firstErr.Load(); e != nil {
-		return 0, *e
+		return 0, 0, *e
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	return float64(n.Load()) / el, cpu * 1e6 / float64(max(n.Load(), 1)), nil
 }
 
 // rtt sends 64-byte messages one at a time through one tunnel and times each echo (µs).
@@ -419,17 +425,43 @@ func startGoChild(name string, cmd *exec.Cmd, listen string) (*proc, error) {
 // startAgent runs `agent proxy` with args (the built binary, or in-process under pprof with
 // -profile).
 func startAgent(bin, name, profileName, listen string, args ...string) (*proc, error) {
+	var env []string
+	if *proxyAgentEnv != "" {
+		env = strings.Split(*proxyAgentEnv, ",")
+	}
 	if *proxyProfile == "" {
-		return startGoChild(name, exec.Command(bin, args...), listen)
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), env...)
+		return startGoChild(name, cmd, listen)
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), benchChildEnv+"=agent", "APIPROXY_BENCH_ARGS="+strings.Join(args, "\x00"),
+	cmd.Env = append(os.Environ(), benchChildEnv+"=agent", "APIPROXY_BENCH_ARGS="+strings.Join(args, "\x1f"),
 		"APIPROXY_BENCH_PROFILE="+filepath.Join(*proxyProfile, profileName))
+	cmd.Env = append(cmd.Env, env...)
 	return startGoChild(name, cmd, listen)
+}
+
+// buildAgentAt builds cmd/agent as it was at git revision rev, into dir.
+func buildAgentAt(rev, dir string) (string, error) {
+	src := filepath.Join(dir, "src-"+strings.NewReplacer("/", "_", "~", "_", "^", "_").Replace(rev))
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	archive := exec.Command("bash", "-c", `git archive "$1" | tar -x -C "$2"`, "archive", rev, src)
+	if out, err := archive.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git archive %s: %v\n%s", rev, err, out)
+	}
+	bin := filepath.Join(dir, "agent-old")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/agent")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building agent at %s: %v\n%s", rev, err, out)
+	}
+	return bin, nil
 }
 
 // metric is one row of a path's table.
@@ -448,6 +480,9 @@ const (
 	mP99   = "echo RTT p99 µs"
 	mRSS   = "RSS per idle tunnel KiB"
 	mCPU   = "CPU s per GiB relayed"
+	// The proxy's CPU per setup: on a machine where clients, sink and proxy share 2 cores, it is
+	// what bounds setups/s.
+	mSetupCPU = "CPU µs per setup"
 )
 
 func runProxyBench() ([]Table, error) {
@@ -523,6 +558,29 @@ func runProxyBench() ([]Table, error) {
 	all = append(all, agTCP)
 	tcpProcs := []*proc{agTCP}
 
+	if *proxyCompare != "" {
+		old, err := buildAgentAt(*proxyCompare, dir)
+		if err != nil {
+			return nil, err
+		}
+		name := "agent@" + *proxyCompare
+		l1, _ := freeLoopbackAddr()
+		o1, err := startGoChild(name, exec.Command(old, "proxy", "--listen", l1, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0"), l1)
+		if err != nil {
+			return nil, err
+		}
+		o1.connect = sink
+		l2, _ := freeLoopbackAddr()
+		o2, err := startGoChild(name+" --listen-tcp", exec.Command(old, "proxy", "--listen", "", "--listen-tcp", l2, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0"), l2)
+		if err != nil {
+			o1.stop()
+			return nil, err
+		}
+		all = append(all, o1, o2)
+		connectProcs = append(connectProcs, o1)
+		tcpProcs = append(tcpProcs, o2)
+	}
+
 	var skipped []string
 	if *proxyPeers {
 		installPeers()
@@ -563,6 +621,9 @@ func runProxyBench() ([]Table, error) {
 	for round := 0; round < *proxyRounds; round++ {
 		fmt.Fprintf(os.Stderr, "proxy: round %d/%d\n", round+1, *proxyRounds)
 		for _, p := range rotate(round) {
+			if !measure("bulk") {
+				break
+			}
 			g, cpu, err := bulk(p, 4, 1500*time.Millisecond)
 			if err != nil {
 				return nil, fmt.Errorf("bulk via %s: %w", p.name, err)
@@ -571,13 +632,20 @@ func runProxyBench() ([]Table, error) {
 			add(p, mCPU, cpu)
 		}
 		for _, p := range rotate(round) {
-			s, err := setups(p, 8, 1500*time.Millisecond)
+			if !measure("setups") {
+				break
+			}
+			s, cpu, err := setups(p, 8, 1500*time.Millisecond)
 			if err != nil {
 				return nil, fmt.Errorf("setups via %s: %w", p.name, err)
 			}
 			add(p, mSetup, s)
+			add(p, mSetupCPU, cpu)
 		}
 		for _, p := range rotate(round) {
+			if !measure("rtt") {
+				break
+			}
 			p50, p99, err := rtt(p, 3000)
 			if err != nil {
 				return nil, fmt.Errorf("RTT via %s: %w", p.name, err)
@@ -588,6 +656,9 @@ func runProxyBench() ([]Table, error) {
 	}
 	fmt.Fprintf(os.Stderr, "proxy: memory with %d idle tunnels each\n", *proxyIdle)
 	for _, p := range everyone {
+		if !measure("idle") {
+			break
+		}
 		v, err := idleRSS(p, *proxyIdle)
 		if err != nil {
 			return nil, fmt.Errorf("idle RSS via %s: %w", p.name, err)
@@ -611,6 +682,7 @@ func runProxyBench() ([]Table, error) {
 		{mP99, false, "", nil, "%.0f"},
 		{mRSS, false, "agent ≤ 4 KiB", rssOK, "%.1f"},
 		{mCPU, false, "", nil, "%.2f"},
+		{mSetupCPU, false, "", nil, "%.0f"},
 	}
 	tcpMetrics := []metric{
 		{mBulk, true, "≥ 1.0", atLeast(1.0), "%.2f"},
@@ -619,6 +691,7 @@ func runProxyBench() ([]Table, error) {
 		{mP99, false, "", nil, "%.0f"},
 		{mRSS, false, "agent ≤ 4 KiB", rssOK, "%.1f"},
 		{mCPU, false, "", nil, "%.2f"},
+		{mSetupCPU, false, "", nil, "%.0f"},
 	}
 	notes := []string{fmt.Sprintf("medians of %d interleaved rounds; memory: %d idle tunnels each; the minimal Go relay is a reference, not a peer", *proxyRounds, *proxyIdle)}
 	for _, p := range everyone {
@@ -650,7 +723,7 @@ func pathTable(title string, ag *proc, others []*proc, ms []metric, res map[stri
 		for _, p := range others {
 			v := median(res[p.name][m.name])
 			row = append(row, fmt.Sprintf(m.format, v))
-			if p.name == "minimal Go relay" {
+			if p.name == "minimal Go relay" || strings.HasPrefix(p.name, "agent@") {
 				continue
 			}
 			if bestName == "" || (m.higher && v > best) || (!m.higher && v < best) {
@@ -678,6 +751,15 @@ func pathTable(title string, ag *proc, others []*proc, ms []metric, res map[stri
 		t.Rows = append(t.Rows, row)
 	}
 	return t
+}
+
+func measure(what string) bool {
+	for _, m := range strings.Split(*proxyOnly, ",") {
+		if m == what {
+			return true
+		}
+	}
+	return false
 }
 
 func median(v []float64) float64 {
