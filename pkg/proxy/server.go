@@ -142,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 
 // Listen binds a TCP listener with the configured keepalive on accepted connections.
 func Listen(ctx context.Context, addr string, keepAlive time.Duration) (net.Listener, error) {
-	lc := net.ListenConfig{KeepAlive: keepAlive}
+	lc := listenConfig(keepAlive)
 	return lc.Listen(ctx, "tcp", addr)
 }
 

@@ -348,3 +348,36 @@ func TestParkedIdleTunnelsHoldNoGoroutine(t *testing.T) {
 		t.Fatal("client still connected")
 	}
 }
+
+// The direction that ends last closes its destination without a shutdown(SHUT_WR) of its own: the
+// peer must still see a clean EOF after every byte (a FIN, not a reset), whichever side ends first.
+func TestRelayLastDirectionEndsWithCleanEOF(t *testing.T) {
+	for _, park := range []bool{false, true} {
+		for _, clientFirst := range []bool{true, false} {
+			client, server, done := relayed(t, RelayOptions{ParkIdle: park})
+			first, second := server, client
+			if clientFirst {
+				first, second = client, server
+			}
+			// first sends and half-closes; second reads it all, answers and half-closes; first then
+			// reads the answer and an EOF delivered by the relay's final Close.
+			first.Write([]byte("question"))
+			first.(*net.TCPConn).CloseWrite()
+			second.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(second)
+			if err != nil || string(got) != "question" {
+				t.Fatalf("park=%v clientFirst=%v: second got %q, %v", park, clientFirst, got, err)
+			}
+			second.Write([]byte("answer"))
+			second.(*net.TCPConn).CloseWrite()
+			first.SetReadDeadline(time.Now().Add(5 * time.Second))
+			back, err := io.ReadAll(first)
+			if err != nil || string(back) != "answer" {
+				t.Fatalf("park=%v clientFirst=%v: first got %q, %v (want a clean EOF)", park, clientFirst, back, err)
+			}
+			if res := <-done; res.Err != nil {
+				t.Fatalf("park=%v clientFirst=%v: %+v", park, clientFirst, res)
+			}
+		}
+	}
+}

@@ -34,6 +34,16 @@ type Suite struct {
 	// Needs says what the suite requires ("root"); it is skipped with a message otherwise.
 	Needs string
 	Run   func() ([]Row, error)
+	// RunTables, instead of Run, returns tables of its own shape (several columns compared).
+	RunTables func() ([]Table, error)
+}
+
+// Table is a free-form result table: a header, rows of cells, and notes printed under it.
+type Table struct {
+	Title  string
+	Header []string
+	Rows   [][]string
+	Notes  []string
 }
 
 var suites = map[string]Suite{}
@@ -54,6 +64,17 @@ func main() {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "== suite %s\n", name)
+		if s.RunTables != nil {
+			tables, err := s.RunTables()
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "suite %s failed: %v\n", name, err)
+				failed = true
+			}
+			for _, t := range tables {
+				printFreeTable(name, t)
+			}
+			continue
+		}
 		rows, err := s.Run()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "suite %s failed: %v\n", name, err)
@@ -95,5 +116,19 @@ func printTable(suite string, rows []Row) {
 		fmt.Fprintf(w, "\t%s\t%s\t%s\t%.4g %s\t%s\t%s\t\n", r.Metric, r.Baseline, base, r.Ours, r.Unit, ratio, r.Target)
 	}
 	w.Flush()
+	fmt.Println()
+}
+
+func printFreeTable(suite string, t Table) {
+	fmt.Printf("%s: %s\n", suite, t.Title)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, strings.Join(t.Header, "\t")+"\t")
+	for _, r := range t.Rows {
+		fmt.Fprintln(w, strings.Join(r, "\t")+"\t")
+	}
+	w.Flush()
+	for _, n := range t.Notes {
+		fmt.Println("  " + n)
+	}
 	fmt.Println()
 }

@@ -1,37 +1,58 @@
 package main
 
-// Suite "proxy": `agent proxy` (the real binary) against a minimal Go CONNECT relay written here
-// (the baseline) and against direct TCP, all on loopback, each figure measured in the same run.
+// Suite "proxy": `agent proxy` (the real binary) side by side with the proxies users already run,
+// all on loopback, relaying to the same sink, in the same run: on the CONNECT path a minimal Go
+// relay written here (the floor of a plain Go implementation), squid and tinyproxy; on the
+// transparent path (`--listen-tcp`, the node role) HAProxy (mode tcp) and nginx (stream). Rounds are
+// interleaved (every proxy once per metric per round, in a rotating order) and medians reported, so
+// the noise of a shared machine hits every column alike.
 
 import (
 	"bufio"
-	"errors"
+	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/apiproxy/apiproxy/pkg/cmd/agent"
 )
 
 const benchChildEnv = "APIPROXY_BENCH_CHILD"
 
+var (
+	proxyRounds   = flag.Int("rounds", 3, "proxy suite: interleaved rounds (medians are reported)")
+	proxyIdle     = flag.Int("idle", 2000, "proxy suite: idle tunnels opened to measure memory per tunnel")
+	proxyProfile  = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
+	proxyOnly     = flag.String("measure", "bulk,setups,rtt,idle", "proxy suite: which measurements to run (for profiling one)")
+	proxyAgentEnv = flag.String("agent-env", "", "proxy suite: extra environment of the agents, comma-separated (e.g. GOMAXPROCS=1, to try runtime settings)")
+	proxyCompare  = flag.String("compare", "", "proxy suite: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
+	proxyPeers    = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
+)
+
 func init() {
 	// The baseline relay runs as a child process (this same binary), like `agent proxy`, so that
-	// the RSS of each is measured alone.
-	if os.Getenv(benchChildEnv) == "relay" {
+	// the RSS and CPU of each is measured alone.
+	switch os.Getenv(benchChildEnv) {
+	case "relay":
 		runMinimalRelay(os.Getenv("APIPROXY_BENCH_UPSTREAM"))
 		os.Exit(0)
+	case "agent":
+		os.Exit(runProfiledAgent())
 	}
-	register(Suite{Name: "proxy", Run: runProxyBench})
+	register(Suite{Name: "proxy", RunTables: runProxyBench})
 }
 
 // runMinimalRelay is what a straightforward Go CONNECT proxy looks like: http.ReadRequest, dial,
@@ -79,12 +100,47 @@ func runMinimalRelay(upstream string) {
 	}
 }
 
+// runProfiledAgent is `agent` (the same command tree as the binary) under a CPU profile, for -profile:
+// the arguments come separated by \x1f (unit separator) in APIPROXY_BENCH_ARGS; SIGTERM ends it (the proxy drains) and
+// the profiles are written.
+func runProfiledAgent() int {
+	prefix := os.Getenv("APIPROXY_BENCH_PROFILE")
+	cpu, err := os.Create(prefix + ".cpu.pprof")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cpu.Close()
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cmd := agent.NewRootCommand(os.Stdout, os.Stderr)
+	cmd.SetArgs(strings.Split(os.Getenv("APIPROXY_BENCH_ARGS"), "\x1f"))
+	// The proxy role handles SIGTERM itself (drain); hold the heap snapshot until then.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	go func() {
+		for range sig {
+			if f, err := os.Create(prefix + ".heap.pprof"); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}
+	}()
+	err = cmd.Execute()
+	pprof.StopCPUProfile()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
 // target is the upstream of every tunnel: mode "sink" streams bytes to the client forever (bulk),
 // otherwise it echoes.
 type target struct {
-	l    net.Listener
-	mu   sync.Mutex
-	conn []net.Conn
+	l net.Listener
 }
 
 func startTarget() (*target, error) {
@@ -123,30 +179,35 @@ func (t *target) serve(c net.Conn) {
 	io.Copy(c, c)
 }
 
-type endpoint struct {
-	name  string
-	addr  string
-	proxy bool // CONNECT first
-	pid   int
-}
-
-// open connects to the target through e; mode is the first byte ('S' sink, 'E' echo).
-func (e endpoint) open(mode byte) (net.Conn, error) {
-	c, err := net.Dial("tcp", e.addr)
+// open connects to the sink through p (CONNECT first on the CONNECT path); mode is the first byte
+// ('S' sink, 'E' echo, which is answered before open returns).
+func (p *proc) open(mode byte) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	if e.proxy {
-		if _, err := io.WriteString(c, "CONNECT kubernetes.default.svc:443 HTTP/1.1\r\nHost: kubernetes.default.svc:443\r\n\r\n"); err != nil {
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if p.connect != "" {
+		if _, err := io.WriteString(c, "CONNECT "+p.connect+" HTTP/1.1\r\nHost: "+p.connect+"\r\n\r\n"); err != nil {
 			c.Close()
 			return nil, err
 		}
-		// Read exactly the 39-byte answer both proxies give, so no bytes are left in a buffer.
-		want := "HTTP/1.1 200 Connection established\r\n\r\n"
-		got := make([]byte, len(want))
-		if _, err := io.ReadFull(c, got); err != nil || string(got) != want {
+		// Read the whole answer head (squid, tinyproxy and the agent word it differently); nothing
+		// follows it until the first byte is sent.
+		var buf [512]byte
+		n := 0
+		for !bytes.Contains(buf[:n], []byte("\r\n\r\n")) {
+			m, err := c.Read(buf[n:])
+			n += m
+			if err != nil || n == len(buf) {
+				c.Close()
+				return nil, fmt.Errorf("%s: CONNECT answered %q: %v", p.name, buf[:n], err)
+			}
+		}
+		head := string(buf[:n])
+		if !strings.HasPrefix(head, "HTTP/1.1 200") && !strings.HasPrefix(head, "HTTP/1.0 200") || !strings.HasSuffix(head, "\r\n\r\n") {
 			c.Close()
-			return nil, fmt.Errorf("%s: CONNECT answered %q: %v", e.name, got, err)
+			return nil, fmt.Errorf("%s: CONNECT answered %q", p.name, head)
 		}
 	}
 	if _, err := c.Write([]byte{mode}); err != nil {
@@ -160,19 +221,22 @@ func (e endpoint) open(mode byte) (net.Conn, error) {
 			return nil, err
 		}
 	}
+	_ = c.SetDeadline(time.Time{})
 	return c, nil
 }
 
-func bulk(e endpoint, tunnels int, d time.Duration) (float64, error) {
+// bulk streams from the sink over n tunnels for d: Gbit/s, and the proxy's CPU seconds per GiB.
+func bulk(p *proc, n int, d time.Duration) (gbps, cpuPerGiB float64, err error) {
 	var total atomic.Int64
 	var wg sync.WaitGroup
-	errc := make(chan error, tunnels)
+	errc := make(chan error, n)
+	cpu0 := cpuSeconds(p.pid)
 	start := time.Now()
-	for i := 0; i < tunnels; i++ {
+	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := e.open('S')
+			c, err := p.open('S')
 			if err != nil {
 				errc <- err
 				return
@@ -181,8 +245,8 @@ func bulk(e endpoint, tunnels int, d time.Duration) (float64, error) {
 			c.SetReadDeadline(start.Add(d))
 			buf := make([]byte, 256<<10)
 			for {
-				n, err := c.Read(buf)
-				total.Add(int64(n))
+				m, err := c.Read(buf)
+				total.Add(int64(m))
 				if err != nil {
 					return
 				}
@@ -190,25 +254,31 @@ func bulk(e endpoint, tunnels int, d time.Duration) (float64, error) {
 		}()
 	}
 	wg.Wait()
+	el := time.Since(start).Seconds()
+	cpu := cpuSeconds(p.pid) - cpu0
 	select {
 	case err := <-errc:
-		return 0, err
+		return 0, 0, err
 	default:
 	}
-	return float64(total.Load()) / time.Since(start).Seconds() / (1 << 20), nil
+	b := float64(total.Load())
+	return b * 8 / el / 1e9, cpu / (b / (1 << 30)), nil
 }
 
-func setups(e endpoint, workers int, d time.Duration) (float64, error) {
+// setups opens and closes echo tunnels (each carries one byte both ways) from workers goroutines
+// for d, at most 200,000 in all: setups/s and the proxy's CPU µs per setup.
+func setups(p *proc, workers int, d time.Duration) (float64, float64, error) {
 	var n atomic.Int64
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
+	cpu0 := cpuSeconds(p.pid)
 	start := time.Now()
 	for i := 0; i < workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for time.Since(start) < d {
-				c, err := e.open('E')
+			for time.Since(start) < d && n.Load() < 200000 {
+				c, err := p.open('E')
 				if err != nil {
 					firstErr.CompareAndSwap(nil, &err)
 					return
@@ -219,18 +289,22 @@ func setups(e endpoint, workers int, d time.Duration) (float64, error) {
 		}()
 	}
 	wg.Wait()
-	if p := firstErr.Load(); p != nil {
-		return 0, *p
+	el := time.Since(start).Seconds()
+	cpu := cpuSeconds(p.pid) - cpu0
+	if e := firstErr.Load(); e != nil {
+		return 0, 0, *e
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	return float64(n.Load()) / el, cpu * 1e6 / float64(max(n.Load(), 1)), nil
 }
 
-func rtt(e endpoint, rounds int) (p50, p99 float64, err error) {
-	c, err := e.open('E')
+// rtt sends 64-byte messages one at a time through one tunnel and times each echo (µs).
+func rtt(p *proc, rounds int) (p50, p99 float64, err error) {
+	c, err := p.open('E')
 	if err != nil {
 		return 0, 0, err
 	}
 	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	msg := make([]byte, 64)
 	back := make([]byte, 64)
 	lat := make([]float64, 0, rounds)
@@ -242,39 +316,25 @@ func rtt(e endpoint, rounds int) (p50, p99 float64, err error) {
 		if _, err := io.ReadFull(c, back); err != nil {
 			return 0, 0, err
 		}
-		lat = append(lat, float64(time.Since(t0).Microseconds()))
+		lat = append(lat, float64(time.Since(t0).Nanoseconds())/1e3)
 	}
 	sort.Float64s(lat)
 	return lat[len(lat)/2], lat[len(lat)*99/100], nil
 }
 
-func vmRSSKiB(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			f := strings.Fields(l)
-			return strconv.ParseFloat(f[1], 64)
-		}
-	}
-	return 0, errors.New("no VmRSS")
-}
-
 // idleRSS opens n idle tunnels (each has carried one echo byte) and returns the proxy's RSS growth
-// per tunnel in KiB.
-func idleRSS(e endpoint, n int) (float64, error) {
+// per tunnel in KiB (the whole process tree: nginx's workers, squid's helpers).
+func idleRSS(p *proc, n int) (float64, error) {
 	// Warm up: the first tunnels allocate the runtime's pools and grow the heap arena.
 	for i := 0; i < 50; i++ {
-		c, err := e.open('E')
+		c, err := p.open('E')
 		if err != nil {
 			return 0, err
 		}
 		c.Close()
 	}
 	time.Sleep(time.Second)
-	before, err := vmRSSKiB(e.pid)
+	before, err := rssKiB(p.pid)
 	if err != nil {
 		return 0, err
 	}
@@ -285,7 +345,7 @@ func idleRSS(e endpoint, n int) (float64, error) {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		c, err := e.open('E')
+		c, err := p.open('E')
 		if err != nil {
 			return 0, fmt.Errorf("tunnel %d: %w", i, err)
 		}
@@ -294,9 +354,9 @@ func idleRSS(e endpoint, n int) (float64, error) {
 	// Let the process settle (the runtime returns what the setup burst used); take the last of a few
 	// samples.
 	var after float64
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 3; i++ {
 		time.Sleep(time.Second)
-		if after, err = vmRSSKiB(e.pid); err != nil {
+		if after, err = rssKiB(p.pid); err != nil {
 			return 0, err
 		}
 	}
@@ -321,146 +381,395 @@ func raiseNoFile(n uint64) {
 	}
 }
 
-func startChild(cmd *exec.Cmd, readAddr bool, listen string) (string, error) {
-	// A file, not a Writer: no copying goroutine in this process. `agent proxy` logs a line per
-	// tunnel there, as it would to a container log.
+// startGoChild starts cmd (the agent, or this binary as the minimal relay) in its own process group
+// with stderr to /dev/null (the agent logs a line per tunnel, as to a container log) and waits
+// until it listens: on listen, or on the address it prints first when listen is "".
+func startGoChild(name string, cmd *exec.Cmd, listen string) (*proc, error) {
 	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer devNull.Close()
 	cmd.Stderr = devNull
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out io.ReadCloser
-	if readAddr {
+	if listen == "" {
 		if out, err = cmd.StdoutPipe(); err != nil {
-			return "", err
+			return nil, err
 		}
 	}
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return nil, err
 	}
-	if readAddr {
+	exited := make(chan struct{})
+	p := &proc{name: name, pid: cmd.Process.Pid, stop: func() { stopByPID(cmd.Process.Pid, exited) }}
+	if listen == "" {
 		line, err := bufio.NewReader(out).ReadString('\n')
+		go func() { _ = cmd.Wait(); close(exited) }()
 		if err != nil {
-			return "", fmt.Errorf("child gave no address: %v", err)
+			p.stop()
+			return nil, fmt.Errorf("%s gave no address: %v", name, err)
 		}
-		return strings.TrimSpace(line), nil
+		p.addr = strings.TrimSpace(line)
+		return p, nil
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", listen, time.Second)
-		if err == nil {
-			c.Close()
-			return listen, nil
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("agent proxy not listening on %s: %v", listen, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	go func() { _ = cmd.Wait(); close(exited) }()
+	p.addr = listen
+	if err := waitListening(listen, exited, 20*time.Second); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("%s: %v", name, err)
 	}
+	return p, nil
 }
 
-func runProxyBench() ([]Row, error) {
+// startAgent runs `agent proxy` with args (the built binary, or in-process under pprof with
+// -profile).
+func startAgent(bin, name, profileName, listen string, args ...string) (*proc, error) {
+	var env []string
+	if *proxyAgentEnv != "" {
+		env = strings.Split(*proxyAgentEnv, ",")
+	}
+	if *proxyProfile == "" {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), env...)
+		return startGoChild(name, cmd, listen)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), benchChildEnv+"=agent", "APIPROXY_BENCH_ARGS="+strings.Join(args, "\x1f"),
+		"APIPROXY_BENCH_PROFILE="+filepath.Join(*proxyProfile, profileName))
+	cmd.Env = append(cmd.Env, env...)
+	return startGoChild(name, cmd, listen)
+}
+
+// buildAgentAt builds cmd/agent as it was at git revision rev, into dir.
+func buildAgentAt(rev, dir string) (string, error) {
+	src := filepath.Join(dir, "src-"+strings.NewReplacer("/", "_", "~", "_", "^", "_").Replace(rev))
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	archive := exec.Command("bash", "-c", `git archive "$1" | tar -x -C "$2"`, "archive", rev, src)
+	if out, err := archive.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git archive %s: %v\n%s", rev, err, out)
+	}
+	bin := filepath.Join(dir, "agent-old")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/agent")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building agent at %s: %v\n%s", rev, err, out)
+	}
+	return bin, nil
+}
+
+// metric is one row of a path's table.
+type metric struct {
+	name   string
+	higher bool   // higher is better
+	target string // issue 14's target for agent ÷ best peer
+	ok     func(ratio, agent float64) bool
+	format string
+}
+
+const (
+	mBulk  = "bulk Gbit/s (4 tunnels)"
+	mSetup = "setups/s (8 workers)"
+	mP50   = "echo RTT p50 µs (64 B)"
+	mP99   = "echo RTT p99 µs"
+	mRSS   = "RSS per idle tunnel KiB"
+	mCPU   = "CPU s per GiB relayed"
+	// The proxy's CPU per setup: on a machine where clients, sink and proxy share 2 cores, it is
+	// what bounds setups/s.
+	mSetupCPU = "CPU µs per setup"
+)
+
+func runProxyBench() ([]Table, error) {
 	raiseNoFile(65536)
+	if *proxyProfile != "" {
+		if err := os.MkdirAll(*proxyProfile, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	tg, err := startTarget()
 	if err != nil {
 		return nil, err
 	}
 	defer tg.l.Close()
-	up := tg.l.Addr().String()
+	sink := tg.l.Addr().String()
 
-	// Baseline relay: this binary as a child.
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	relayCmd := exec.Command(self)
-	relayCmd.Env = append(os.Environ(), benchChildEnv+"=relay", "APIPROXY_BENCH_UPSTREAM="+up)
-	relayAddr, err := startChild(relayCmd, true, "")
-	if err != nil {
-		return nil, err
-	}
-	defer func() { relayCmd.Process.Kill(); relayCmd.Wait() }()
-
-	// Ours: the real `agent proxy` binary.
 	dir, err := os.MkdirTemp("", "apiproxy-bench-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	agent := filepath.Join(dir, "agent")
-	build := exec.Command("go", "build", "-o", agent, "./cmd/agent")
-	if out, err := build.CombinedOutput(); err != nil {
+	bin := filepath.Join(dir, "agent")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/agent").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building agent: %v\n%s", err, out)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+
+	var all []*proc
+	defer func() {
+		for _, p := range all {
+			p.stop()
+		}
+	}()
+	versions := map[string]string{}
+
+	// CONNECT path.
+	connectProcs := []*proc{}
+	listen, err := freeLoopbackAddr()
 	if err != nil {
 		return nil, err
 	}
-	listen := l.Addr().String()
-	l.Close()
-	agentCmd := exec.Command(agent, "proxy", "--listen", listen, "--upstream", up, "--metrics-addr", "", "--max-tunnels", "0")
-	if _, err := startChild(agentCmd, false, listen); err != nil {
+	ag, err := startAgent(bin, "agent", "agent-connect", listen, "proxy", "--listen", listen, "--upstream", sink,
+		"--metrics-addr", "", "--max-tunnels", "0", "--shutdown-grace", "1s")
+	if err != nil {
 		return nil, err
 	}
-	defer func() { agentCmd.Process.Kill(); agentCmd.Wait() }()
+	ag.connect = sink
+	all = append(all, ag)
+	connectProcs = append(connectProcs, ag)
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	relayCmd := exec.Command(self)
+	relayCmd.Env = append(os.Environ(), benchChildEnv+"=relay", "APIPROXY_BENCH_UPSTREAM="+sink)
+	relay, err := startGoChild("minimal Go relay", relayCmd, "")
+	if err != nil {
+		return nil, err
+	}
+	relay.connect = sink
+	all = append(all, relay)
+	connectProcs = append(connectProcs, relay)
 
-	direct := endpoint{name: "direct", addr: up}
-	relay := endpoint{name: "minimal relay", addr: relayAddr, proxy: true, pid: relayCmd.Process.Pid}
-	ours := endpoint{name: "agent proxy", addr: listen, proxy: true, pid: agentCmd.Process.Pid}
+	// Transparent path.
+	listenTCP, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	agTCP, err := startAgent(bin, "agent --listen-tcp", "agent-tcp", listenTCP, "proxy", "--listen", "", "--listen-tcp", listenTCP,
+		"--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0", "--shutdown-grace", "1s")
+	if err != nil {
+		return nil, err
+	}
+	all = append(all, agTCP)
+	tcpProcs := []*proc{agTCP}
 
-	var rows []Row
-	pair := func(metric, unit string, higher bool, target string, f func(endpoint) (float64, error)) error {
-		// Interleave runs (relay, ours, direct, twice) and keep the best of each, to damp the noise of
-		// a shared machine.
-		best := map[string]float64{}
-		for round := 0; round < 2; round++ {
-			for _, e := range []endpoint{relay, ours, direct} {
-				v, err := f(e)
-				if err != nil {
-					return fmt.Errorf("%s via %s: %w", metric, e.name, err)
-				}
-				if b, ok := best[e.name]; !ok || (higher && v > b) || (!higher && v < b) {
-					best[e.name] = v
-				}
+	if *proxyCompare != "" {
+		old, err := buildAgentAt(*proxyCompare, dir)
+		if err != nil {
+			return nil, err
+		}
+		name := "agent@" + *proxyCompare
+		l1, _ := freeLoopbackAddr()
+		o1, err := startGoChild(name, exec.Command(old, "proxy", "--listen", l1, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0"), l1)
+		if err != nil {
+			return nil, err
+		}
+		o1.connect = sink
+		l2, _ := freeLoopbackAddr()
+		o2, err := startGoChild(name+" --listen-tcp", exec.Command(old, "proxy", "--listen", "", "--listen-tcp", l2, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0"), l2)
+		if err != nil {
+			o1.stop()
+			return nil, err
+		}
+		all = append(all, o1, o2)
+		connectProcs = append(connectProcs, o1)
+		tcpProcs = append(tcpProcs, o2)
+	}
+
+	var skipped []string
+	if *proxyPeers {
+		installPeers()
+		for _, spec := range peerSpecs {
+			p, v, err := startPeer(spec, sink)
+			if err != nil {
+				msg := fmt.Sprintf("%s skipped: %v", spec.name, err)
+				fmt.Fprintln(os.Stderr, "peers: "+msg)
+				skipped = append(skipped, msg)
+				continue
+			}
+			versions[p.name] = v
+			all = append(all, p)
+			if spec.connect {
+				connectProcs = append(connectProcs, p)
+			} else {
+				tcpProcs = append(tcpProcs, p)
 			}
 		}
-		rows = append(rows,
-			Row{Metric: metric, Unit: unit, Baseline: "minimal relay", Base: best[relay.name], Ours: best[ours.name], HigherIsBetter: higher, Target: target},
-			Row{Metric: metric, Unit: unit, Baseline: "direct TCP", Base: best[direct.name], Ours: best[ours.name], HigherIsBetter: higher, Target: "(reference)"})
-		return nil
 	}
-	for _, n := range []int{4, 8} {
-		if err := pair(fmt.Sprintf("bulk download, %d tunnels", n), "MiB/s", true, ">= 1.0x", func(e endpoint) (float64, error) { return bulk(e, n, 2*time.Second) }); err != nil {
-			return rows, err
-		}
-	}
-	if err := pair("tunnel setups (8 workers)", "/s", true, ">= 1.0x", func(e endpoint) (float64, error) { return setups(e, 8, 2*time.Second) }); err != nil {
-		return rows, err
-	}
-	p99s := map[string]float64{}
-	if err := pair("echo RTT p50 (64 B)", "us", false, "", func(e endpoint) (float64, error) {
-		p50, p99, err := rtt(e, 3000)
-		if old, ok := p99s[e.name]; !ok || p99 < old {
-			p99s[e.name] = p99
-		}
-		return p50, err
-	}); err != nil {
-		return rows, err
-	}
-	rows = append(rows,
-		Row{Metric: "echo RTT p99 (64 B)", Unit: "us", Baseline: "minimal relay", Base: p99s[relay.name], Ours: p99s[ours.name], Target: ""},
-		Row{Metric: "echo RTT p99 (64 B)", Unit: "us", Baseline: "direct TCP", Base: p99s[direct.name], Ours: p99s[ours.name], Target: "(reference)"})
 
-	const idle = 3000
-	rb, err := idleRSS(relay, idle)
-	if err != nil {
-		return rows, err
+	// name → metric → values over rounds
+	res := map[string]map[string][]float64{}
+	add := func(p *proc, m string, v float64) {
+		if res[p.name] == nil {
+			res[p.name] = map[string][]float64{}
+		}
+		res[p.name][m] = append(res[p.name][m], v)
 	}
-	ro, err := idleRSS(ours, idle)
-	if err != nil {
-		return rows, err
+	everyone := append(append([]*proc{}, connectProcs...), tcpProcs...)
+	rotate := func(round int) []*proc {
+		o := make([]*proc, 0, len(everyone))
+		for i := range everyone {
+			o = append(o, everyone[(i+round)%len(everyone)])
+		}
+		return o
 	}
-	rows = append(rows, Row{Metric: fmt.Sprintf("RSS per idle tunnel (%d open)", idle), Unit: "KiB", Baseline: "minimal relay", Base: rb, Ours: ro, Target: "<= 8 KiB"})
-	return rows, nil
+	for round := 0; round < *proxyRounds; round++ {
+		fmt.Fprintf(os.Stderr, "proxy: round %d/%d\n", round+1, *proxyRounds)
+		for _, p := range rotate(round) {
+			if !measure("bulk") {
+				break
+			}
+			g, cpu, err := bulk(p, 4, 1500*time.Millisecond)
+			if err != nil {
+				return nil, fmt.Errorf("bulk via %s: %w", p.name, err)
+			}
+			add(p, mBulk, g)
+			add(p, mCPU, cpu)
+		}
+		for _, p := range rotate(round) {
+			if !measure("setups") {
+				break
+			}
+			s, cpu, err := setups(p, 8, 1500*time.Millisecond)
+			if err != nil {
+				return nil, fmt.Errorf("setups via %s: %w", p.name, err)
+			}
+			add(p, mSetup, s)
+			add(p, mSetupCPU, cpu)
+		}
+		for _, p := range rotate(round) {
+			if !measure("rtt") {
+				break
+			}
+			p50, p99, err := rtt(p, 3000)
+			if err != nil {
+				return nil, fmt.Errorf("RTT via %s: %w", p.name, err)
+			}
+			add(p, mP50, p50)
+			add(p, mP99, p99)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "proxy: memory with %d idle tunnels each\n", *proxyIdle)
+	for _, p := range everyone {
+		if !measure("idle") {
+			break
+		}
+		v, err := idleRSS(p, *proxyIdle)
+		if err != nil {
+			return nil, fmt.Errorf("idle RSS via %s: %w", p.name, err)
+		}
+		add(p, mRSS, v)
+	}
+	if *proxyProfile != "" {
+		for _, p := range []*proc{ag, agTCP} {
+			_ = syscall.Kill(p.pid, syscall.SIGUSR1) // heap profile (idle tunnels are closed by now)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	atLeast := func(x float64) func(r, a float64) bool { return func(r, _ float64) bool { return r >= x } }
+	atMost := func(x float64) func(r, a float64) bool { return func(r, _ float64) bool { return r <= x } }
+	rssOK := func(_, a float64) bool { return a <= 4 }
+	connectMetrics := []metric{
+		{mBulk, true, "≥ 1.3", atLeast(1.3), "%.2f"},
+		{mSetup, true, "≥ 1.0", atLeast(1.0), "%.0f"},
+		{mP50, false, "≤ 1.25 (goal 1.0)", atMost(1.25), "%.0f"},
+		{mP99, false, "", nil, "%.0f"},
+		{mRSS, false, "agent ≤ 4 KiB", rssOK, "%.1f"},
+		{mCPU, false, "", nil, "%.2f"},
+		{mSetupCPU, false, "", nil, "%.0f"},
+	}
+	tcpMetrics := []metric{
+		{mBulk, true, "≥ 1.0", atLeast(1.0), "%.2f"},
+		{mSetup, true, "≥ 1.0", atLeast(1.0), "%.0f"},
+		{mP50, false, "≤ 1.0", atMost(1.0), "%.0f"},
+		{mP99, false, "", nil, "%.0f"},
+		{mRSS, false, "agent ≤ 4 KiB", rssOK, "%.1f"},
+		{mCPU, false, "", nil, "%.2f"},
+		{mSetupCPU, false, "", nil, "%.0f"},
+	}
+	notes := []string{fmt.Sprintf("medians of %d interleaved rounds; memory: %d idle tunnels each; the minimal Go relay is a reference, not a peer", *proxyRounds, *proxyIdle)}
+	for _, p := range everyone {
+		if v := versions[p.name]; v != "" {
+			notes = append(notes, p.name+": "+v)
+		}
+	}
+	notes = append(notes, skipped...)
+	tables := []Table{
+		pathTable("CONNECT path", ag, connectProcs[1:], connectMetrics, res, notes),
+		pathTable("transparent TCP path", agTCP, tcpProcs[1:], tcpMetrics, res, nil),
+	}
+	return tables, nil
+}
+
+// pathTable is one path's table: the agent, the others, and agent ÷ best peer (the minimal relay
+// is shown but not a peer).
+func pathTable(title string, ag *proc, others []*proc, ms []metric, res map[string]map[string][]float64, notes []string) Table {
+	t := Table{Title: title, Notes: notes}
+	t.Header = []string{"metric", ag.name}
+	for _, p := range others {
+		t.Header = append(t.Header, p.name)
+	}
+	t.Header = append(t.Header, "agent ÷ best peer", "target", "holds")
+	for _, m := range ms {
+		row := []string{m.name, fmt.Sprintf(m.format, median(res[ag.name][m.name]))}
+		a := median(res[ag.name][m.name])
+		best, bestName := 0.0, ""
+		for _, p := range others {
+			v := median(res[p.name][m.name])
+			row = append(row, fmt.Sprintf(m.format, v))
+			if p.name == "minimal Go relay" || strings.HasPrefix(p.name, "agent@") {
+				continue
+			}
+			if bestName == "" || (m.higher && v > best) || (!m.higher && v < best) {
+				best, bestName = v, p.name
+			}
+		}
+		ratio := "-"
+		holds := ""
+		if bestName != "" && best > 0 {
+			r := a / best
+			ratio = fmt.Sprintf("%.2fx (%s)", r, bestName)
+			if m.ok != nil {
+				holds = "no"
+				if m.ok(r, a) {
+					holds = "yes"
+				}
+			}
+		} else if m.ok != nil && m.name == mRSS {
+			holds = "no"
+			if m.ok(0, a) {
+				holds = "yes"
+			}
+		}
+		row = append(row, ratio, m.target, holds)
+		t.Rows = append(t.Rows, row)
+	}
+	return t
+}
+
+func measure(what string) bool {
+	for _, m := range strings.Split(*proxyOnly, ",") {
+		if m == what {
+			return true
+		}
+	}
+	return false
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -1,0 +1,298 @@
+package main
+
+// Suite "api": the cost of the proxy in a user's terms. A real kube-apiserver (test/harness), and
+// client-go clients doing small GETs and watching, once directly and once through `agent proxy`
+// (CONNECT, TLS end to end), in interleaved rounds.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/apiproxy/apiproxy/test/harness"
+)
+
+var (
+	apiClients = flag.Int("api-clients", 16, "api suite: concurrent client-go clients (one connection each)")
+	apiEvents  = flag.Int("api-events", 100, "api suite: watch events timed")
+)
+
+func init() { register(Suite{Name: "api", RunTables: runAPIBench}) }
+
+func apiAssets() (string, error) {
+	dir := os.Getenv("KUBEBUILDER_ASSETS")
+	if dir == "" {
+		out, err := exec.Command("bash", "hack/test-assets.sh", "--dir").Output()
+		if err != nil {
+			return "", fmt.Errorf("hack/test-assets.sh --dir: %v", err)
+		}
+		dir = strings.TrimSpace(string(out))
+	}
+	for _, b := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return "", fmt.Errorf("%s missing in %s: run `make test-assets` (make bench does)", b, dir)
+		}
+	}
+	return dir, nil
+}
+
+// apiClientsFor makes n clientsets, each with its own transport (so its own connection), direct
+// or through proxy. Both kinds set Proxy, which also keeps client-go from sharing one cached
+// transport among the direct ones: the two sides differ only in the hop.
+func apiClientsFor(cfg *rest.Config, proxy *url.URL, n int) ([]kubernetes.Interface, error) {
+	var out []kubernetes.Interface
+	for i := 0; i < n; i++ {
+		c := rest.CopyConfig(cfg)
+		c.QPS, c.Burst = -1, 0 // no client-side rate limit: measure the path, not the limiter
+		c.Proxy = func(*http.Request) (*url.URL, error) { return proxy, nil }
+		cs, err := kubernetes.NewForConfig(c)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, cs)
+	}
+	return out, nil
+}
+
+// apiGets runs one GET loop per client for d (at most 100,000 requests in all): requests/s and the
+// latencies in ms.
+func apiGets(clients []kubernetes.Interface, d time.Duration) (float64, []float64, error) {
+	var mu sync.Mutex
+	var lat []float64
+	var firstErr error
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, cs := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []float64
+			for time.Since(start) < d && len(mine) < 100000/len(clients) {
+				t0 := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := cs.CoreV1().ConfigMaps("default").Get(ctx, "bench-get", metav1.GetOptions{})
+				cancel()
+				if err != nil {
+					mu.Lock()
+					firstErr = errors.Join(firstErr, err)
+					mu.Unlock()
+					break
+				}
+				mine = append(mine, float64(time.Since(t0).Microseconds())/1e3)
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, nil, firstErr
+	}
+	return float64(len(lat)) / time.Since(start).Seconds(), lat, nil
+}
+
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// apiWatchLatency watches one ConfigMap directly and through the tunnel at the same time, updates
+// it n times (the update carries its send time), and returns each side's delivery latencies (ms,
+// from the update's start, so with etcd's write) and, per event, how much later it reached the
+// tunnel's watcher than the direct one ("extra").
+func apiWatchLatency(admin, direct, tunneled kubernetes.Interface, n int) (map[string][]float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cms := admin.CoreV1().ConfigMaps("default")
+	cm, err := cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "bench-watch"}, Data: map[string]string{"t": "0"}}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]float64{}
+	arrived := map[string]map[int64]int64{"direct": {}, "tunnel": {}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	ready := make(chan struct{}, 2)
+	for name, cs := range map[string]kubernetes.Interface{"direct": direct, "tunnel": tunneled} {
+		w, err := cs.CoreV1().ConfigMaps("default").Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=bench-watch", ResourceVersion: cm.ResourceVersion})
+		if err != nil {
+			return nil, fmt.Errorf("watch %s: %w", name, err)
+		}
+		defer w.Stop()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ready <- struct{}{}
+			got := 0
+			for ev := range w.ResultChan() {
+				if ev.Type != watch.Modified {
+					continue
+				}
+				now := time.Now().UnixNano()
+				sent, _ := strconv.ParseInt(ev.Object.(*corev1.ConfigMap).Data["t"], 10, 64)
+				mu.Lock()
+				out[name] = append(out[name], float64(now-sent)/1e6)
+				arrived[name][sent] = now
+				mu.Unlock()
+				if got++; got == n {
+					return
+				}
+			}
+		}()
+	}
+	<-ready
+	<-ready
+	for i := 0; i < n; i++ {
+		cm.Data["t"] = strconv.FormatInt(time.Now().UnixNano(), 10)
+		if cm, err = cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			return nil, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		return nil, errors.New("watch events missing after 30s")
+	}
+	for sent, d := range arrived["direct"] {
+		if t, ok := arrived["tunnel"][sent]; ok {
+			out["extra"] = append(out["extra"], float64(t-d)/1e6)
+		}
+	}
+	return out, nil
+}
+
+func runAPIBench() ([]Table, error) {
+	assets, err := apiAssets()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "suite api skipped: %v\n", err)
+		return nil, nil
+	}
+	td := &harness.Teardown{}
+	defer td.Run()
+	cl, err := harness.StartWith(td, assets, harness.Options{Name: "bench"})
+	if err != nil {
+		return nil, err
+	}
+	admin, err := kubernetes.NewForConfig(cl.Config)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	if _, err := admin.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "bench-get"}, Data: map[string]string{"k": "small value"}}, metav1.CreateOptions{}); err != nil {
+		return nil, err
+	}
+
+	dir, err := os.MkdirTemp("", "apiproxy-bench-api-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "agent")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/agent").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building agent: %v\n%s", err, out)
+	}
+	u, err := url.Parse(cl.Server)
+	if err != nil {
+		return nil, err
+	}
+	listen, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	ag, err := startGoChild("agent", exec.Command(bin, "proxy", "--listen", listen, "--upstream", u.Host,
+		"--metrics-addr", "", "--shutdown-grace", "1s"), listen)
+	if err != nil {
+		return nil, err
+	}
+	defer ag.stop()
+
+	direct, err := apiClientsFor(cl.Config, nil, *apiClients)
+	if err != nil {
+		return nil, err
+	}
+	tunneled, err := apiClientsFor(cl.Config, &url.URL{Scheme: "http", Host: listen}, *apiClients)
+	if err != nil {
+		return nil, err
+	}
+	// Warm up both: connections, TLS, HTTP/2, the server's caches.
+	for _, cs := range [][]kubernetes.Interface{direct, tunneled} {
+		if _, _, err := apiGets(cs, 300*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+	rps := map[string][]float64{}
+	lat := map[string][]float64{}
+	for round := 0; round < *proxyRounds; round++ {
+		fmt.Fprintf(os.Stderr, "api: round %d/%d\n", round+1, *proxyRounds)
+		order := []string{"direct", "tunnel"}
+		if round%2 == 1 {
+			order = []string{"tunnel", "direct"}
+		}
+		for _, side := range order {
+			cs := direct
+			if side == "tunnel" {
+				cs = tunneled
+			}
+			r, l, err := apiGets(cs, 2*time.Second)
+			if err != nil {
+				return nil, fmt.Errorf("GETs %s: %w", side, err)
+			}
+			rps[side] = append(rps[side], r)
+			lat[side+" p50"] = append(lat[side+" p50"], percentile(l, 0.5))
+			lat[side+" p99"] = append(lat[side+" p99"], percentile(l, 0.99))
+		}
+	}
+	fmt.Fprintf(os.Stderr, "api: watch, %d events\n", *apiEvents)
+	wl, err := apiWatchLatency(admin, direct[0], tunneled[0], *apiEvents)
+	if err != nil {
+		return nil, fmt.Errorf("watch: %w", err)
+	}
+
+	t := Table{Title: fmt.Sprintf("client-go against a real kube-apiserver, %d clients", *apiClients),
+		Header: []string{"metric", "direct", "through agent proxy", "tunnel ÷ direct", "target", "holds"}}
+	row := func(name string, d, tv float64, format, target string, ok func(r float64) bool) {
+		r := tv / d
+		holds := ""
+		if ok != nil {
+			holds = "no"
+			if ok(r) {
+				holds = "yes"
+			}
+		}
+		t.Rows = append(t.Rows, []string{name, fmt.Sprintf(format, d), fmt.Sprintf(format, tv), fmt.Sprintf("%.2fx", r), target, holds})
+	}
+	row("GET requests/s", median(rps["direct"]), median(rps["tunnel"]), "%.0f", "≥ 0.95", func(r float64) bool { return r >= 0.95 })
+	row("GET p50 ms", median(lat["direct p50"]), median(lat["tunnel p50"]), "%.2f", "", nil)
+	row("GET p99 ms", median(lat["direct p99"]), median(lat["tunnel p99"]), "%.2f", "≤ 1.1", func(r float64) bool { return r <= 1.1 })
+	row("watch event p50 ms", percentile(wl["direct"], 0.5), percentile(wl["tunnel"], 0.5), "%.2f", "", nil)
+	row("watch event p99 ms", percentile(wl["direct"], 0.99), percentile(wl["tunnel"], 0.99), "%.2f", "", nil)
+	t.Rows = append(t.Rows, []string{"watch: tunnel's extra delay p50 / p99 ms", "", fmt.Sprintf("%.3f / %.3f", percentile(wl["extra"], 0.5), percentile(wl["extra"], 0.99)), "", "", ""})
+	t.Notes = []string{fmt.Sprintf("medians of %d interleaved rounds of 2 s; both watches receive the same %d updates at once; a watch event's latency counts from the update's start (etcd's write included)", *proxyRounds, *apiEvents)}
+	return []Table{t}, nil
+}
