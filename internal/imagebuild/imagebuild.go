@@ -196,7 +196,7 @@ func WriteArchive(dest, ref string, img v1.Image) error {
 		return fmt.Errorf("image layout: %w", err)
 	}
 	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{
-		"io.containerd.image.name":         r.Name(),
+		"io.containerd.image.name":          r.Name(),
 		"org.opencontainers.image.ref.name": tagName,
 	})); err != nil {
 		return fmt.Errorf("image layout: %w", err)
