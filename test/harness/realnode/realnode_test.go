@@ -197,7 +197,7 @@ func assertGet(t *testing.T, url, want string) {
 // process is stopped by PID when the test ends.
 func portForward(ctx context.Context, t *testing.T, c *realnode.Cluster, target, port string) string {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, c.Kubectl, "--kubeconfig", c.Kubeconfig, "port-forward", target, "127.0.0.1:0:"+port)
+	cmd := exec.CommandContext(ctx, c.Kubectl, "--kubeconfig", c.Kubeconfig, "port-forward", "--address", "127.0.0.1", target, ":"+port)
 	cmd.Env = append(os.Environ(), "KUBECONFIG=")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
