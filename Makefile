@@ -71,8 +71,11 @@ IMAGE     ?= ghcr.io/apiproxy/agent:$(VERSION)
 PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
 DIST      := dist
 
-image: ## build the agent image $(IMAGE) (needs a Docker engine)
-	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg BUILDDATE=$(BUILDDATE) -t $(IMAGE) .
+# No Docker: hack/image assembles the image with go-containerregistry from the static agent and the
+# iptables userspace of Debian's packages (apt-get download), for this machine's architecture.
+image: ## write the agent image $(IMAGE) as an OCI archive, $(DIST)/agent-image.tar (no Docker needed)
+	GOOS=linux go build $(GOFLAGS_BUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/linux/agent ./cmd/agent
+	go run ./hack/image -agent $(BIN)/linux/agent -ref $(IMAGE) -version $(VERSION) -o $(DIST)/agent-image.tar
 
 # One archive per platform, named kubectl-apiproxy_<version>_<os>_<arch>.tar.gz (.zip on Windows),
 # holding the binary and LICENSE at the top level, as plugins/krew.yaml expects; plus sha256sums.txt.

@@ -1,42 +1,85 @@
 #!/usr/bin/env bash
-# Builds the real kube-apiserver, kubectl and etcd that the integration tests run, from the Go module
-# proxy only (no release downloads), using the pinned tools modules in hack/tools/. The binaries land
-# in a cache directory outside the repository and are reused when already there.
+# Builds the real Kubernetes binaries that the integration tests run, from the Go module proxy only (no
+# release downloads), using the pinned tools modules in hack/tools/. The binaries land in cache
+# directories outside the repository and are reused when already there.
 #
-#   hack/test-assets.sh            build if missing, print the directory
-#   hack/test-assets.sh --dir      print the directory only
+#   kube-apiserver, kubectl, etcd           -> --dir       (KUBEBUILDER_ASSETS of the API-server-only tests)
+#   kubelet, kube-controller-manager,       -> --node-dir  (the real-node cluster of test/harness/realnode;
+#   kube-scheduler, kube-proxy,                            runc, CNI plugins, iptables and conntrack come
+#   containerd, containerd-shim-runc-v2, ctr               from Debian packages, see .ci/run)
+#
+#   hack/test-assets.sh              build whatever is missing in both directories, print the --dir one
+#   hack/test-assets.sh --dir        print the API server directory only
+#   hack/test-assets.sh --node-dir   print the node directory only
+#   hack/test-assets.sh --api-only   build only the API server directory (no node binaries), print it
+#   hack/test-assets.sh --node-only  build only the node directory, print it
 set -euo pipefail
 
 K8S_VERSION=1.36.3
 ETCD_VERSION=3.6.8
+CONTAINERD_VERSION=2.2.9
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT=${APIPROXY_ASSETS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/apiproxy/k8s-$K8S_VERSION-etcd-$ETCD_VERSION}
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/apiproxy
+OUT=${APIPROXY_ASSETS_DIR:-$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION}
+NODE_OUT=${APIPROXY_NODE_ASSETS_DIR:-$CACHE/node-k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION}
 
-if [[ "${1:-}" == "--dir" ]]; then echo "$OUT"; exit 0; fi
+case "${1:-}" in
+  --dir) echo "$OUT"; exit 0 ;;
+  --node-dir) echo "$NODE_OUT"; exit 0 ;;
+  --api-only|--node-only|"") ;;
+  *) echo "usage: $0 [--dir|--node-dir|--api-only|--node-only]" >&2; exit 2 ;;
+esac
 
-if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kubectl" && -x "$OUT/etcd" ]]; then
-  echo "$OUT"
-  exit 0
-fi
+all_there() { # dir binaries...
+  local d=$1; shift
+  for b in "$@"; do [[ -x "$d/$b" ]] || return 1; done
+}
 
-mkdir -p "$OUT"
+# Build to temporary names and rename at the end, so an interrupted build never leaves a half-written
+# binary that the "already built" check would trust.
 MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
 LDF="-s -w -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1"
 LDF="$LDF -X k8s.io/component-base/version.gitMinor=$MINOR -X k8s.io/component-base/version.gitTreeState=clean"
 
-echo ">> building test assets into $OUT (takes about 5 minutes on a cold cache)" >&2
-(
-  cd "$ROOT/hack/tools/k8s"
-  # Build to temporary names and rename, so an interrupted build never leaves a half-written binary
-  # that the "already built" check above would trust.
-  go build -ldflags "$LDF" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-  go build -ldflags "$LDF" -o "$OUT/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
-)
-(
-  cd "$ROOT/hack/tools/etcd"
-  go build -ldflags "-s -w" -o "$OUT/etcd.tmp" .
-)
-for b in kube-apiserver kubectl etcd; do mv "$OUT/$b.tmp" "$OUT/$b"; done
-"$OUT/kube-apiserver" --version >&2
-"$OUT/etcd" --version | head -1 >&2
-echo "$OUT"
+API_BINS=(kube-apiserver kubectl etcd)
+if [[ "${1:-}" != "--node-only" ]] && ! all_there "$OUT" "${API_BINS[@]}"; then
+  mkdir -p "$OUT"
+  echo ">> building kube-apiserver, kubectl and etcd into $OUT (about 5 minutes on a cold cache)" >&2
+  (
+    cd "$ROOT/hack/tools/k8s"
+    go build -ldflags "$LDF" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -ldflags "$LDF" -o "$OUT/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+  )
+  (
+    cd "$ROOT/hack/tools/etcd"
+    go build -ldflags "-s -w" -o "$OUT/etcd.tmp" .
+  )
+  for b in "${API_BINS[@]}"; do mv "$OUT/$b.tmp" "$OUT/$b"; done
+  "$OUT/kube-apiserver" --version >&2
+  "$OUT/etcd" --version | head -1 >&2
+fi
+
+NODE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr)
+if [[ "${1:-}" != "--api-only" ]] && ! all_there "$NODE_OUT" "${NODE_BINS[@]}"; then
+  mkdir -p "$NODE_OUT"
+  echo ">> building the node binaries into $NODE_OUT (about 8 minutes on a cold cache, see README)" >&2
+  (
+    cd "$ROOT/hack/tools/containerd"
+    # Static, and without the snapshotters that need C libraries or kernel features the node does not use.
+    for b in containerd containerd-shim-runc-v2 ctr; do
+      CGO_ENABLED=0 go build -tags "no_btrfs no_devmapper no_zfs no_aufs" \
+        -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=v$CONTAINERD_VERSION" \
+        -o "$NODE_OUT/$b.tmp" "github.com/containerd/containerd/v2/cmd/$b"
+    done
+  )
+  (
+    cd "$ROOT/hack/tools/k8s"
+    for b in kube-scheduler kube-proxy kube-controller-manager kubelet; do
+      go build -ldflags "$LDF" -o "$NODE_OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+    done
+  )
+  for b in "${NODE_BINS[@]}"; do mv "$NODE_OUT/$b.tmp" "$NODE_OUT/$b"; done
+  "$NODE_OUT/kubelet" --version >&2
+  "$NODE_OUT/containerd" --version >&2
+fi
+if [[ "${1:-}" == "--node-only" ]]; then echo "$NODE_OUT"; else echo "$OUT"; fi

@@ -50,8 +50,11 @@ func Binary(t testing.TB, pkg string) string {
 
 	b.once.Do(func() {
 		b.path = filepath.Join(dir, filepath.Base(pkg))
-		cmd := exec.Command("go", "build", "-o", b.path, pkg)
+		cmd := exec.Command("go", "build", "-trimpath", "-o", b.path, pkg)
 		cmd.Dir = RepoRoot(t)
+		// Static, as `make` builds them (the Makefile exports CGO_ENABLED=0): the same binary runs on
+		// the host and inside the images the real-node tests build from it.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 		}
