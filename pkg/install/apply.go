@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,6 +53,15 @@ func RenderOffline(o Options, log io.Writer) ([]*unstructured.Unstructured, erro
 	if o.Relay {
 		return nil, errors.New("--relay reads the peers' CIDRs from the cluster's Liqo Configurations, which a client dry run does not contact: use --dry-run=server")
 	}
+	if o.Has(RoleProxy) && o.NetworkPolicy != NetworkPolicyFalse {
+		// Offline, the peers are unknown: true renders the policy from --allow-source alone.
+		o.RenderNetworkPolicy = o.NetworkPolicy == NetworkPolicyTrue
+		o.PolicySources = slices.Clone(o.AllowSources)
+		fmt.Fprintf(log, "client dry run: the Liqo peers' CIDRs are not read (--network-policy=%s); use --dry-run=server to see the NetworkPolicy and --allow-source install renders\n", o.NetworkPolicy)
+	}
+	if len(o.AllowSources) > 0 {
+		o.ProxyAllowSources = append(slices.Clone(o.AllowSources), loopbackSources...)
+	}
 	var in RenderInput
 	if o.Has(RoleWebhook) {
 		c, _, err := EnsureWebhookCerts(nil, nil, o.Namespace, time.Now())
@@ -82,6 +92,9 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		return nil, err
 	}
 	warnNodeIP(ctx, c, o, log)
+	if err := decideSources(ctx, c, &o, log); err != nil {
+		return nil, err
+	}
 	if o.Relay {
 		if o.AllowTargets, err = relayTargets(ctx, c, o, log); err != nil {
 			return nil, err
@@ -128,6 +141,9 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		if got.GetKind() == "Service" && got.GetName() == proxyServiceName {
 			proxyClusterIP, _, _ = unstructured.NestedString(got.Object, "spec", "clusterIP")
 		}
+	}
+	if err := pruneSecurity(ctx, c, o, dryRun, log); err != nil {
+		return applied, err
 	}
 	if createIP {
 		ip, err := applyIP(ctx, c, o, ipName, proxyClusterIP, dryRun, log)

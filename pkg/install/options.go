@@ -89,6 +89,18 @@ type Options struct {
 	Relay bool
 	// AllowTargets are rendered as the proxy's --allow-target (CIDR:PORT or HOST:PORT).
 	AllowTargets []string
+
+	// NetworkPolicy, AllowSources, MetricsNamespaceSelector and Auth are the "who may tunnel"
+	// flags (security.go).
+	NetworkPolicy            NetworkPolicyMode
+	AllowSources             []string
+	MetricsNamespaceSelector string
+	Auth                     AuthMode
+	// Decided by install from the cluster (decideSources): whether the NetworkPolicy is rendered,
+	// the CIDRs it admits to the proxy port, and the proxy's --allow-source.
+	RenderNetworkPolicy bool
+	PolicySources       []string
+	ProxyAllowSources   []string
 }
 
 // DefaultOptions are the flag defaults.
@@ -102,6 +114,8 @@ func DefaultOptions() Options {
 		NodeInterface: DefaultNodeInterface,
 		LiqoNamespace: DefaultLiqoNamespace,
 		CreateIP:      CreateIPAuto,
+		NetworkPolicy: NetworkPolicyAuto,
+		Auth:          AuthNone,
 	}
 }
 
@@ -148,6 +162,7 @@ func (o *Options) Validate() error {
 	if len(o.Roles) == 0 {
 		errs = append(errs, errors.New("--roles is empty: use one or more of proxy, node, webhook"))
 	}
+	errs = append(errs, o.validateSecurity()...)
 	if msgs := validation.IsDNS1123Label(o.Namespace); len(msgs) > 0 {
 		errs = append(errs, fmt.Errorf("namespace %q is not a valid namespace name: %s", o.Namespace, strings.Join(msgs, "; ")))
 	}

@@ -73,7 +73,11 @@ type values struct {
 	WebhookCertDir, CASecretName, TLSSecretName      string
 	WebhookConfigName, LiqoNamespace, ProxyClusterIP string
 	IPName                                           string
-	Certs                                            WebhookCerts
+	// Security (security.go): the proxy's NetworkPolicy and its auth RBAC.
+	NetworkPolicy, ProxyAuth bool
+	AuthBindingName          string
+	PolicyFrom, MetricsFrom  []map[string]any
+	Certs                    WebhookCerts
 }
 
 // Render returns the objects to apply, in apply order, labelled.
@@ -108,6 +112,9 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 	}
 	if v.IPName == "" {
 		v.IPName = IPResourceName
+	}
+	if err := securityValues(o, &v); err != nil {
+		return nil, err
 	}
 	if o.Has(RoleNode) || in.NodeRoleInstalled {
 		v.PodSecurity = "privileged"
@@ -243,6 +250,12 @@ func ProxyArgs(o Options) []string {
 	}
 	for _, t := range o.AllowTargets {
 		args = append(args, "--allow-target", t)
+	}
+	for _, s := range o.ProxyAllowSources {
+		args = append(args, "--allow-source", s)
+	}
+	if o.Auth == AuthTokenReview {
+		args = append(args, "--auth", string(AuthTokenReview))
 	}
 	return args
 }

@@ -26,6 +26,8 @@ type Report struct {
 	Ready         bool         `json:"ready"`
 	Roles         []RoleStatus `json:"roles"`
 	IP            IPStatus     `json:"ipResource"`
+	// ProxyAuth is the installed proxy's --auth mode ("" when the proxy role is not installed).
+	ProxyAuth AuthMode `json:"proxyAuth,omitempty"`
 }
 
 // RoleStatus is one role's objects and readiness.
@@ -116,6 +118,7 @@ func GetStatus(ctx context.Context, c *Client, namespace string) (*Report, error
 		r.Roles = append(r.Roles, rs)
 	}
 	r.Ready = r.Ready && anyInstalled
+	r.ProxyAuth = installedProxyAuth(objs)
 	r.IP, err = ipStatus(ctx, c, namespace, objs)
 	return r, err
 }

@@ -16,6 +16,9 @@ type Peer struct {
 	// RemappedExternal are the CIDRs under which this cluster reaches the peer's external network
 	// (status.remote.cidr.external): where the peer's remapped proxy address lies.
 	RemappedExternal []netip.Prefix `json:"remappedExternal"`
+	// RemappedPod are the CIDRs this cluster sees the peer's pods as (status.remote.cidr.pod):
+	// where traffic from the peer's pods arrives from.
+	RemappedPod []netip.Prefix `json:"remappedPod,omitempty"`
 }
 
 // Peers lists the peers that the cluster's Configurations describe (in every namespace: Liqo keeps
@@ -47,7 +50,7 @@ func Peers(ctx context.Context, c *Cluster) ([]Peer, error) {
 		if len(cidrs.external) == 0 {
 			return nil, fail(ErrStatusNotSet, "%s has no status.remote.cidr.external yet: wait for Liqo to finish the peering, then re-run", what)
 		}
-		peers = append(peers, Peer{Configuration: ref, RemoteClusterID: obj.GetLabels()[RemoteClusterIDLabel], RemappedExternal: cidrs.external})
+		peers = append(peers, Peer{Configuration: ref, RemoteClusterID: obj.GetLabels()[RemoteClusterIDLabel], RemappedExternal: cidrs.external, RemappedPod: cidrs.pod})
 	}
 	return peers, nil
 }

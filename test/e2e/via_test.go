@@ -326,6 +326,22 @@ func TestConnectVia(t *testing.T) {
 		}
 	})
 
+	t.Run("check --via: the relay hop, then TLS, readyz and access through it", func(t *testing.T) {
+		r := s.plugin(t, "check", "--remote", "cl01", "--via", "cl01", "--via-namespace", relayNamespace)
+		if r.err != nil {
+			t.Fatalf("check --via: %v\n%s%s", r.err, r.stdout, r.stderr)
+		}
+		for _, want := range []string{"OK  relay", "SKIP  tcp", "OK  tls", "OK  readyz", "OK  access"} {
+			if !strings.Contains(strings.Join(strings.Fields(r.stdout), "  "), want) {
+				t.Errorf("check --via lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		r = s.plugin(t, "check", "--remote", "cl01", "--via", "cl01", "--via-namespace", strictNS)
+		if r.err == nil || !strings.Contains(r.stdout, "FAIL") || !strings.Contains(r.stdout, "did not relay to "+s.ProxyAddr) {
+			t.Errorf("check --via through a proxy without --allow-target: %v\n%s", r.err, r.stdout)
+		}
+	})
+
 	t.Run("error: --via with --print-kubeconfig is refused", func(t *testing.T) {
 		r := s.plugin(t, "connect", "--remote", "cl01", "--via", "cl01", "--print-kubeconfig")
 		if r.err == nil || !strings.Contains(r.stderr, "cannot express the port-forward hop") || r.stdout != "" {

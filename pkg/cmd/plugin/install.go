@@ -82,6 +82,10 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 	f.IntVar(&o.APIServerPort, "apiserver-port", 0, "webhook role: also inject KUBERNETES_SERVICE_PORT and KUBERNETES_PORT* with this port (0: leave them)")
 	f.StringVar(&o.HostAliasIP, "host-alias-ip", "", "webhook role: add hostAliases mapping --apiserver-fqdn to this IP (e.g. the --node-ip)")
 	f.BoolVar(&o.Relay, "relay", false, "proxy role: let the proxy relay CONNECTs to the Liqo peers' proxies (for connect --via): their remapped external CIDRs on --proxy-port become --allow-target entries, read from this cluster's Configurations on every install")
+	f.StringVar((*string)(&o.NetworkPolicy), "network-policy", string(o.NetworkPolicy), "proxy role: render a NetworkPolicy for the proxy pods: the proxy port open to the Liqo peers' remapped pod and external CIDRs (this cluster's Configurations), --allow-source and this namespace; auto renders it when Liqo Configurations exist, true always, false never. Re-run install after a new peering")
+	f.StringSliceVar(&o.AllowSources, "allow-source", nil, "proxy role: a CIDR that may reach the proxy port besides the Liqo peers (repeatable); also rendered as the proxy's --allow-source")
+	f.StringVar(&o.MetricsNamespaceSelector, "metrics-namespace-selector", "", "proxy role, with the NetworkPolicy: the label selector of the namespaces that may scrape the metrics port (default: every namespace), e.g. kubernetes.io/metadata.name=monitoring")
+	f.StringVar((*string)(&o.Auth), "auth", string(o.Auth), "proxy role: none, or tokenreview: every CONNECT must carry a token the proxy reviews (TokenReview, then SubjectAccessReview create tunnels.apiproxy.io); renders the RBAC the reviews need")
 	f.StringVar(&o.LiqoNamespace, "liqo-namespace", o.LiqoNamespace, "Namespace of Liqo, where the IP resource api-server-proxy goes")
 	f.StringVar(&o.createIP, "create-ip-resource", string(install.CreateIPAuto), "Create Liqo's IP resource for the proxy Service: auto (when Liqo's IP CRD is served), true (fail without it) or false")
 	f.StringVar(&o.dryRunFlag, "dry-run", "none", `"none", "client" (render and print, contact nothing) or "server" (the API server validates, persists nothing)`)
@@ -166,6 +170,11 @@ func newInstallClient(f *genericclioptions.ConfigFlags) (*install.Client, error)
 	cfg, err := f.ToRESTConfig()
 	if err != nil {
 		return nil, fmt.Errorf("loading the kubeconfig: %w", err)
+	}
+	// client-go's default (5 QPS, burst 10) throttles an install of a dozen kinds plus its reads of
+	// Liqo's objects within --wait's first second; kubectl's own limits are higher too.
+	if cfg.QPS == 0 {
+		cfg.QPS, cfg.Burst = 50, 100
 	}
 	return install.NewClient(cfg)
 }

@@ -98,6 +98,8 @@ func (w *installWorld) countLabelled(t *testing.T) (n int, names []string) {
 		{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"},
 		{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "MutatingWebhookConfiguration"},
 		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"}, {Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"},
+		{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicy"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"},
 	}
 	if served, _ := w.c.IPCRDServed(); served {
 		kinds = append(kinds, schema.GroupVersionKind{Group: "ipam.liqo.io", Version: "v1alpha1", Kind: "IP"})

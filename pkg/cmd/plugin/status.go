@@ -116,6 +116,9 @@ func printStatus(out io.Writer, r *install.Report) error {
 		}
 		fmt.Fprintf(out, "%s image: %s (%s)\n", rs.Role, strings.Join(rs.Images, ", "), skew)
 	}
+	if r.ProxyAuth != "" {
+		fmt.Fprintf(out, "proxy auth: %s\n", r.ProxyAuth)
+	}
 	ip := r.IP
 	switch {
 	case !ip.Found:

@@ -1,0 +1,247 @@
+package install
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/apiproxy/apiproxy/pkg/liqo"
+)
+
+// NetworkPolicyMode is --network-policy.
+type NetworkPolicyMode string
+
+// The values of --network-policy.
+const (
+	NetworkPolicyAuto  NetworkPolicyMode = "auto"
+	NetworkPolicyTrue  NetworkPolicyMode = "true"
+	NetworkPolicyFalse NetworkPolicyMode = "false"
+)
+
+// AuthMode is --auth: how the proxy authenticates tunnels.
+type AuthMode string
+
+// The values of --auth.
+const (
+	AuthNone        AuthMode = "none"
+	AuthTokenReview AuthMode = "tokenreview"
+)
+
+const (
+	networkPolicyName = "apiproxy-proxy"
+	authBindingPrefix = "apiproxy-proxy-auth-"
+)
+
+// loopbackSources are always in the proxy's --allow-source when it has one: `connect --via` reaches
+// the proxy through a port-forward, which arrives on the pod's loopback.
+var loopbackSources = []string{"127.0.0.0/8", "::1/128"}
+
+// AuthBindingName is the ClusterRoleBinding of the proxy's ServiceAccount to system:auth-delegator
+// (cluster scoped, so it carries the install namespace).
+func AuthBindingName(namespace string) string { return authBindingPrefix + namespace }
+
+// validateSecurity checks --network-policy, --allow-source, --metrics-namespace-selector and --auth.
+func (o *Options) validateSecurity() []error {
+	var errs []error
+	switch o.NetworkPolicy {
+	case NetworkPolicyAuto, NetworkPolicyTrue, NetworkPolicyFalse:
+	default:
+		errs = append(errs, fmt.Errorf("--network-policy %q: use auto (when Liqo Configurations exist), true or false", o.NetworkPolicy))
+	}
+	switch o.Auth {
+	case AuthNone, AuthTokenReview:
+	default:
+		errs = append(errs, fmt.Errorf("--auth %q: use none or tokenreview", o.Auth))
+	}
+	for _, s := range o.AllowSources {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			errs = append(errs, fmt.Errorf("--allow-source %q is not a CIDR: use e.g. 192.168.10.0/24 or fd00:10::/64 (a single address as /32 or /128)", s))
+		}
+	}
+	if _, err := metav1.ParseToLabelSelector(o.MetricsNamespaceSelector); err != nil {
+		errs = append(errs, fmt.Errorf("--metrics-namespace-selector %q is not a label selector (e.g. kubernetes.io/metadata.name=monitoring): %v", o.MetricsNamespaceSelector, err))
+	}
+	if !o.Has(RoleProxy) {
+		if o.NetworkPolicy == NetworkPolicyTrue || len(o.AllowSources) > 0 || o.Auth == AuthTokenReview {
+			errs = append(errs, errors.New("--network-policy=true, --allow-source and --auth tokenreview configure the proxy role: add proxy to --roles"))
+		}
+	}
+	return errs
+}
+
+// decideSources fills o.PolicySources, o.RenderNetworkPolicy and o.ProxyAllowSources from the
+// cluster: the Liqo peers' remapped pod and external CIDRs (this cluster's Configurations: the
+// addresses their traffic arrives from) and --allow-source. Read afresh on every install, so a new
+// peering is followed by re-running install.
+func decideSources(ctx context.Context, c *Client, o *Options, log io.Writer) error {
+	if !o.Has(RoleProxy) || o.NetworkPolicy == NetworkPolicyFalse && len(o.AllowSources) == 0 {
+		return nil
+	}
+	var peerCIDRs []string
+	if o.NetworkPolicy != NetworkPolicyFalse {
+		peers, err := liqo.Peers(ctx, &liqo.Cluster{Name: "this cluster", Dynamic: c.Dynamic, Discovery: c.Discovery})
+		switch {
+		case errors.Is(err, liqo.ErrNotServed) || errors.Is(err, liqo.ErrNoConfiguration):
+			if o.NetworkPolicy == NetworkPolicyAuto {
+				fmt.Fprintln(log, "no Liqo Configurations in this cluster: no NetworkPolicy for the proxy (--network-policy=auto)")
+				break
+			}
+			fmt.Fprintf(log, "--network-policy=true without Liqo peers (%v): the proxy port is open to this namespace and --allow-source only\n", err)
+			o.RenderNetworkPolicy = true
+		case err != nil:
+			return fmt.Errorf("--network-policy=%s: %w (or install with --network-policy=false)", o.NetworkPolicy, err)
+		default:
+			o.RenderNetworkPolicy = true
+			for _, p := range peers {
+				var cidrs []netip.Prefix
+				cidrs = append(append(cidrs, p.RemappedPod...), p.RemappedExternal...)
+				for _, cidr := range cidrs {
+					peerCIDRs = appendUnique(peerCIDRs, cidr.Masked().String())
+				}
+				fmt.Fprintf(log, "network policy: peer %s (Configuration %s) arrives from %v\n", p.RemoteClusterID, p.Configuration, cidrs)
+			}
+		}
+	}
+	for _, s := range o.AllowSources {
+		p, _ := netip.ParsePrefix(s) // validated
+		peerCIDRs = appendUnique(peerCIDRs, p.Masked().String())
+	}
+	slices.Sort(peerCIDRs) // stable manifests: a re-install with the same peers changes nothing
+	o.PolicySources = peerCIDRs
+	if !o.RenderNetworkPolicy && len(o.AllowSources) == 0 {
+		return nil // auto without Liqo peers: the proxy admits everyone, as before
+	}
+
+	// The proxy's own --allow-source repeats the policy where the CNI does not enforce it: the
+	// same CIDRs, this cluster's pod CIDRs for "this namespace" when the policy is rendered, and
+	// loopback for port-forwards.
+	allow := slices.Clone(peerCIDRs)
+	if o.RenderNetworkPolicy {
+		ranges, err := ClusterRanges(ctx, c)
+		if err != nil {
+			fmt.Fprintf(log, "Warning: cannot read this cluster's pod CIDRs (%v): in-cluster clients of the proxy need --allow-source\n", err)
+		}
+		for _, r := range ranges {
+			if strings.HasPrefix(r.Source, "pod CIDR") {
+				allow = appendUnique(allow, r.CIDR.String())
+			}
+		}
+	}
+	for _, s := range loopbackSources {
+		allow = appendUnique(allow, s)
+	}
+	slices.Sort(allow)
+	o.ProxyAllowSources = allow
+	return nil
+}
+
+func appendUnique(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
+
+// securityValues are the template values of the NetworkPolicy and the auth RBAC.
+func securityValues(o Options, v *values) error {
+	v.NetworkPolicy = o.RenderNetworkPolicy && slices.Contains(o.Roles, RoleProxy)
+	v.ProxyAuth = o.Auth == AuthTokenReview
+	v.AuthBindingName = AuthBindingName(o.Namespace)
+	from := []map[string]any{{"podSelector": map[string]any{}}} // this namespace
+	for _, s := range o.PolicySources {
+		from = append(from, map[string]any{"ipBlock": map[string]any{"cidr": s}})
+	}
+	v.PolicyFrom = from
+	sel, err := metav1.ParseToLabelSelector(o.MetricsNamespaceSelector)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(sel)
+	if err != nil {
+		return err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	if m == nil {
+		m = map[string]any{}
+	}
+	v.MetricsFrom = []map[string]any{{"namespaceSelector": m}}
+	return nil
+}
+
+// pruneSecurity deletes the NetworkPolicy and the auth ClusterRoleBinding of an earlier install
+// that this one no longer renders (only ours: found by name and checked by label).
+func pruneSecurity(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Writer) error {
+	if !o.Has(RoleProxy) {
+		return nil
+	}
+	type target struct {
+		gvk       schema.GroupVersionKind
+		namespace string
+		name      string
+		keep      bool
+	}
+	for _, t := range []target{
+		{gvkNetworkPolicy, o.Namespace, networkPolicyName, o.RenderNetworkPolicy},
+		{gvkClusterRoleBinding, "", AuthBindingName(o.Namespace), o.Auth == AuthTokenReview},
+	} {
+		if t.keep {
+			continue
+		}
+		obj, err := c.get(ctx, t.gvk, t.namespace, t.name)
+		if err != nil || obj == nil || !ownedByUs(obj, o.Namespace) {
+			continue // nothing of ours (or the kind is not served)
+		}
+		ri, _, err := c.resourceFor(t.gvk, t.namespace)
+		if err != nil {
+			return err
+		}
+		if err := ri.Delete(ctx, t.name, metav1.DeleteOptions{DryRun: dryRun.apiDryRun()}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("removing %s %s no longer wanted: %w", t.gvk.Kind, t.name, err)
+		}
+		fmt.Fprintf(log, "%s %s removed: no longer rendered (--network-policy / --auth)\n", strings.ToLower(t.gvk.Kind), t.name)
+	}
+	return nil
+}
+
+// installedProxyAuth is the auth mode of the installed proxy Deployment ("" without one).
+func installedProxyAuth(objs []*unstructured.Unstructured) AuthMode {
+	for _, o := range objs {
+		if o.GetKind() != "Deployment" || o.GetName() != "apiproxy-proxy" {
+			continue
+		}
+		cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		for _, c := range cs {
+			if m, ok := c.(map[string]any); ok && m["name"] == "proxy" {
+				args, _, _ := unstructured.NestedStringSlice(m, "args")
+				return ProxyAuthMode(args)
+			}
+		}
+	}
+	return ""
+}
+
+// ProxyAuthMode reads the auth mode from the proxy container's arguments ("none" without --auth).
+func ProxyAuthMode(args []string) AuthMode {
+	for i, a := range args {
+		if a == "--auth" && i+1 < len(args) {
+			return AuthMode(args[i+1])
+		}
+		if v, ok := strings.CutPrefix(a, "--auth="); ok {
+			return AuthMode(v)
+		}
+	}
+	return AuthNone
+}
