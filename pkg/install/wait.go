@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -64,6 +65,9 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 	defer tick.Stop()
 	var states []workloadState
 	for {
+		if err := w.lastError(); apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+			return fmt.Errorf("--wait cannot watch the agents' workloads, pods and events in namespace %s: %w", namespace, err)
+		}
 		if w.synced() {
 			states = w.evaluate(roles, start, time.Now())
 			pending := false
@@ -197,11 +201,13 @@ func newWorkloadWatch(c *Client, namespace string) *workloadWatch {
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(any) { notify() }, UpdateFunc: func(any, any) { notify() }, DeleteFunc: func(any) { notify() },
 		})
+		// Kept for the verdict instead of logged: the reflector retries by itself, and the user
+		// wants one statement about the agents, not the client's retries.
 		_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
 			w.mu.Lock()
 			w.lastErr = err
 			w.mu.Unlock()
-			cache.DefaultWatchErrorHandler(context.Background(), nil, err)
+			notify()
 		})
 	}
 	return w

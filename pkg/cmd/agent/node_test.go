@@ -41,6 +41,11 @@ func TestNodeBadInput(t *testing.T) {
 		{[]string{"--ip-address", "10.96.0.2", "--port", "70000"}, "between 1 and 65535"},
 		{[]string{"--ip-address", "10.96.0.2", "--sync-interval", "0s"}, "must be positive"},
 		{[]string{"--ip-address", "10.96.0.2", "--daemon=false", "--cleanup"}, "drop one of the two flags"},
+		{[]string{"--ip-address", "10.96.0.2", "--cleanup", "--cleanup-when-owner-deleted", "ns/ds"}, "drop one of the two flags"},
+		{[]string{"--ip-address", "10.96.0.2", "--daemon=false", "--cleanup-when-owner-deleted", "ns/ds"}, "nothing to clean later"},
+		{[]string{"--ip-address", "10.96.0.2", "--cleanup-when-owner-deleted", "apiproxy-node"}, "is not NAMESPACE/NAME of a DaemonSet"},
+		{[]string{"--ip-address", "10.96.0.2", "--cleanup-when-owner-deleted", "Bad_NS/ds"}, "is not NAMESPACE/NAME of a DaemonSet"},
+		{[]string{"--ip-address", "10.96.0.2", "--kubeconfig", "/x"}, "only used by --cleanup-when-owner-deleted"},
 	}
 	for _, c := range cases {
 		var out, errOut bytes.Buffer
@@ -58,6 +63,7 @@ func TestNodeFlagDefaults(t *testing.T) {
 	for flag, want := range map[string]string{
 		"interface": "lo", "port": "443", "daemon": "true", "sync-interval": "1m0s",
 		"setup-iptables": "false", "cleanup": "false", "ip-address": "", "metrics-addr": "",
+		"cleanup-when-owner-deleted": "", "kubeconfig": "",
 	} {
 		f := cmd.Flags().Lookup(flag)
 		if f == nil || f.DefValue != want {

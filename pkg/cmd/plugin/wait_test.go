@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/apiproxy/apiproxy/pkg/install"
 	"github.com/apiproxy/apiproxy/test/harness"
@@ -286,6 +288,19 @@ func TestInstallWait(t *testing.T) {
 		}
 		if !strings.Contains(errOut, "  pod apiproxy-proxy-7c9d-x4 container proxy: ErrImagePull") {
 			t.Errorf("progress lacks the pod's state:\n%s", errOut)
+		}
+	})
+
+	t.Run("no permission to watch", func(t *testing.T) {
+		cfg := rest.CopyConfig(cl.Config)
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: "nobody"}
+		c, err := install.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = install.Wait(context.Background(), c, "wait-ok", []install.Role{install.RoleProxy}, 5*time.Minute, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--wait cannot watch") || !strings.Contains(err.Error(), "forbidden") {
+			t.Errorf("wait without permissions: %v", err)
 		}
 	})
 
