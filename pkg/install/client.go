@@ -27,8 +27,11 @@ var (
 	gvkServiceAccount  = schema.GroupVersionKind{Version: "v1", Kind: "ServiceAccount"}
 	gvkNamespace       = schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}
 	gvkPod             = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
+	// The webhook's ConfigMap reader (envFrom).
+	gvkClusterRoleBinding = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"}
+	gvkClusterRole        = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"}
 
-	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkServiceAccount, gvkNamespace}
+	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkServiceAccount, gvkClusterRoleBinding, gvkClusterRole, gvkNamespace}
 )
 
 // IPCRDName is Liqo's IP CustomResourceDefinition.
