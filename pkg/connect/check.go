@@ -3,6 +3,7 @@ package connect
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 
@@ -54,5 +55,12 @@ func TLSConfig(t *Target, serverName string) (*tls.Config, error) {
 	return tlsCfg, nil
 }
 
-// DescribeDialError turns a tunnel dial failure into a message naming the proxy and the hop.
-func DescribeDialError(err error, proxy string) error { return hops.DialError(err, proxy) }
+// DescribeDialError turns a tunnel dial failure into a message naming the proxy and the hop. A
+// missing token (the proxy asked for one and the kubeconfig user has none) is its own message.
+func DescribeDialError(err error, proxy string) error {
+	var nt *NoTokenError
+	if errors.As(err, &nt) {
+		return nt
+	}
+	return hops.DialError(err, proxy)
+}

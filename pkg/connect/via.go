@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/transport/spdy"
 	streamhttp "k8s.io/streaming/pkg/httpstream"
 
+	"github.com/apiproxy/apiproxy/pkg/hops"
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
 
@@ -535,6 +536,10 @@ type ViaDialer struct {
 	// RemoteProxy is the target cluster's proxy as the --via cluster reaches it ("host:port").
 	RemoteProxy string
 	Timeout     time.Duration
+	// Creds answer a remote proxy that asks for a token (407); nil sends none.
+	Creds *ProxyCredentials
+
+	authRequired atomic.Bool
 }
 
 // Hop names a leg of the relayed path.
@@ -565,8 +570,12 @@ func (v *ViaDialer) relayLabel() string {
 // cluster names it).
 func (v *ViaDialer) DialContext(ctx context.Context, network, target string) (net.Conn, error) {
 	inner := &hopDialer{d: &tunnel.Dialer{Proxy: v.relayLabel(), Timeout: v.Timeout, Forward: v.Relay}}
-	outer := &tunnel.Dialer{Proxy: v.RemoteProxy, Timeout: v.Timeout, Forward: inner}
+	outer := &AuthDialer{Dialer: tunnel.Dialer{Proxy: v.RemoteProxy, Timeout: v.Timeout, Forward: inner}, Creds: v.Creds}
+	outer.Required.Store(v.authRequired.Load())
 	conn, err := outer.DialContext(ctx, network, target)
+	if outer.Required.Load() {
+		v.authRequired.Store(true)
+	}
 	if err != nil {
 		if inner.ok {
 			return nil, v.describeRemote(err)
@@ -596,12 +605,18 @@ func (h *hopDialer) DialContext(ctx context.Context, network, addr string) (net.
 func (v *ViaDialer) describeRemote(err error) error {
 	via := v.Relay.Context
 	var ce *tunnel.ConnectError
+	var nt *NoTokenError
+	if errors.As(err, &nt) {
+		return &HopError{Hop: HopRemoteProxy, Err: err, msg: nt.Error()}
+	}
 	notRelayed := &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
 		"the proxy in %q did not relay to %s: no CONNECT proxy answered behind it (%v). Most likely %s is not among its --allow-target entries, so it sent the tunnel to %q's own API server: allow it with kubectl apiproxy install --relay in %q",
 		via, v.RemoteProxy, err, v.RemoteProxy, via, via)}
 	switch {
 	case errors.As(err, &ce) && ce.StatusCode == http.StatusBadRequest:
 		return notRelayed
+	case errors.As(err, &ce) && (ce.StatusCode == http.StatusProxyAuthRequired || ce.StatusCode == http.StatusForbidden || ce.StatusCode == http.StatusServiceUnavailable):
+		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf("reached through %q: %v", via, hops.ConnectAnswer(ce.StatusCode, ce.Status, v.RemoteProxy))}
 	case errors.As(err, &ce):
 		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf(
 			"the remote proxy %s (reached through %q) answered %q: it could not open the tunnel to its API server (check its --upstream and its logs)", v.RemoteProxy, via, ce.Status)}

@@ -67,7 +67,7 @@ func ConnectAnswer(code int, status, proxy string) *Failure {
 	f := &Failure{Hop: Connect, Msg: fmt.Sprintf("proxy %s answered the CONNECT with %q", proxy, status)}
 	switch code {
 	case http.StatusProxyAuthRequired:
-		f.Fix = "the proxy authenticates tunnels (agent proxy --auth tokenreview): present a token, e.g. a kubeconfig user with a token or a ServiceAccount token"
+		f.Fix = "the proxy authenticates tunnels (agent proxy --auth tokenreview) and got no token or rejected the token it got (expired, or from another cluster?): pass a valid one with --proxy-token, e.g. a ServiceAccount token of the proxy's cluster"
 	case http.StatusForbidden:
 		f.Fix = "the proxy refused this client: its identity lacks create on tunnels.apiproxy.io (kubectl create clusterrole apiproxy-tunnel --verb=create --resource=tunnels.apiproxy.io, then bind it), or this source address is not in the proxy's --allow-source"
 	case http.StatusBadGateway:
@@ -75,7 +75,7 @@ func ConnectAnswer(code int, status, proxy string) *Failure {
 	case http.StatusGatewayTimeout:
 		f.Fix = "it reached the proxy, but the proxy's dial to the API server timed out: check the proxy's --upstream, the API server, and the proxy's logs"
 	case http.StatusServiceUnavailable:
-		f.Fix = "the proxy is overloaded (--max-tunnels) or cannot ask its API server to review the token (fail closed): retry, then check the proxy's logs"
+		f.Fix = "the proxy is overloaded (--max-tunnels), or could not check your token with its own API server (it fails closed): retry, then check the proxy's logs"
 	case http.StatusMethodNotAllowed, http.StatusBadRequest:
 		f.Fix = "whatever listens there is not an apiproxy CONNECT proxy: check the address and --proxy-port"
 	default:

@@ -32,8 +32,10 @@ var (
 	gvkPod                = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
 	gvkNetworkPolicy      = schema.GroupVersionKind{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicy"}
 	gvkClusterRoleBinding = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"}
+	// The webhook's ConfigMap reader (envFrom).
+	gvkClusterRole = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"}
 
-	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkNetworkPolicy, gvkRoleBinding, gvkRole, gvkClusterRoleBinding, gvkServiceAccount, gvkNamespace}
+	managedKinds = []schema.GroupVersionKind{gvkMutatingWebhook, gvkIP, gvkDeployment, gvkDaemonSet, gvkPDB, gvkService, gvkSecret, gvkNetworkPolicy, gvkRoleBinding, gvkRole, gvkClusterRoleBinding, gvkClusterRole, gvkServiceAccount, gvkNamespace}
 )
 
 // IPCRDName is Liqo's IP CustomResourceDefinition.

@@ -59,7 +59,7 @@ func TestRenderRolesSelectFilesAndLabelEverything(t *testing.T) {
 	}{
 		"proxy":   {[]Role{RoleProxy}, []string{"Namespace", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget"}},
 		"node":    {[]Role{RoleNode}, []string{"Namespace", "ServiceAccount", "Role", "RoleBinding", "DaemonSet"}},
-		"webhook": {[]Role{RoleWebhook}, []string{"Namespace", "ServiceAccount", "Secret", "Secret", "Deployment", "Service", "PodDisruptionBudget", "MutatingWebhookConfiguration"}},
+		"webhook": {[]Role{RoleWebhook}, []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret", "Secret", "Deployment", "Service", "PodDisruptionBudget", "MutatingWebhookConfiguration"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -82,7 +82,8 @@ func TestRenderRolesSelectFilesAndLabelEverything(t *testing.T) {
 				if l[LabelComponent] == "" || l[LabelName] == "" {
 					t.Errorf("%s %s lacks component/name labels: %v", obj.GetKind(), obj.GetName(), l)
 				}
-				if obj.GetKind() != "Namespace" && obj.GetKind() != "MutatingWebhookConfiguration" && obj.GetNamespace() != o.Namespace {
+				clusterScoped := slices.Contains([]string{"Namespace", "MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding"}, obj.GetKind())
+				if !clusterScoped && obj.GetNamespace() != o.Namespace {
 					t.Errorf("%s %s in namespace %q, want %q", obj.GetKind(), obj.GetName(), obj.GetNamespace(), o.Namespace)
 				}
 				if tl, found, _ := unstructured.NestedStringMap(obj.Object, "spec", "template", "metadata", "labels"); found && tl[LabelPartOf] != PartOf {
@@ -243,11 +244,25 @@ func TestRenderWebhook(t *testing.T) {
 	find(t, objs, "MutatingWebhookConfiguration", "apiproxy-webhook-tenant-a", &mwc)
 	w := mwc.Webhooks[0]
 	if *w.FailurePolicy != admissionregistrationv1.Ignore || *w.TimeoutSeconds != 2 || *w.SideEffects != admissionregistrationv1.SideEffectClassNone ||
-		*w.ReinvocationPolicy != admissionregistrationv1.NeverReinvocationPolicy || !slices.Equal(w.AdmissionReviewVersions, []string{"v1", "v1beta1"}) {
+		*w.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy || !slices.Equal(w.AdmissionReviewVersions, []string{"v1", "v1beta1"}) {
 		t.Errorf("webhook policy: %+v", w)
 	}
 	if r := w.Rules[0]; !slices.Equal(r.Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Create}) || !slices.Equal(r.Resources, []string{"pods"}) {
 		t.Errorf("rules = %+v", w.Rules)
+	}
+	if len(w.Rules) != 2 || !slices.Equal(w.Rules[1].Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Update}) || !slices.Equal(w.Rules[1].Resources, []string{"pods/ephemeralcontainers"}) {
+		t.Errorf("rules = %+v, want the ephemeralcontainers subresource too", w.Rules)
+	}
+	// The webhook's only API access: get on configmaps (envFrom), bound to its service account.
+	var role rbacv1.ClusterRole
+	find(t, objs, "ClusterRole", "apiproxy-webhook-tenant-a-configmap-reader", &role)
+	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Resources, []string{"configmaps"}) || !slices.Equal(role.Rules[0].Verbs, []string{"get"}) {
+		t.Errorf("webhook ClusterRole rules = %+v, want get on configmaps only", role.Rules)
+	}
+	var binding rbacv1.ClusterRoleBinding
+	find(t, objs, "ClusterRoleBinding", "apiproxy-webhook-tenant-a-configmap-reader", &binding)
+	if binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 || binding.Subjects[0].Name != "apiproxy-webhook" || binding.Subjects[0].Namespace != "tenant-a" {
+		t.Errorf("webhook ClusterRoleBinding = %+v", binding)
 	}
 	if s := w.ClientConfig.Service; s == nil || s.Namespace != "tenant-a" || *s.Path != "/webhook/pod-apiserver-env" {
 		t.Errorf("clientConfig = %+v", w.ClientConfig)

@@ -85,6 +85,7 @@ func TestAgainstAPIServer(t *testing.T) {
 	host := corev1.EnvVar{Name: EnvHost, Value: fqdn}
 	family := []corev1.EnvVar{host,
 		{Name: "KUBERNETES_SERVICE_PORT", Value: "443"},
+		{Name: "KUBERNETES_SERVICE_PORT_HTTPS", Value: "443"},
 		{Name: "KUBERNETES_PORT", Value: "tcp://" + fqdn + ":443"},
 		{Name: "KUBERNETES_PORT_443_TCP", Value: "tcp://" + fqdn + ":443"},
 		{Name: "KUBERNETES_PORT_443_TCP_PROTO", Value: "tcp"},

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,7 +72,8 @@ type review[O any] struct {
 
 type reviewRequest[O any] struct {
 	requestMeta
-	Object O `json:"object"`
+	Object    O `json:"object"`
+	OldObject O `json:"oldObject"`
 }
 
 type requestMeta struct {
@@ -82,6 +84,7 @@ type requestMeta struct {
 	} `json:"kind"`
 	SubResource string `json:"subResource"`
 	Operation   string `json:"operation"`
+	Namespace   string `json:"namespace"`
 }
 
 type reviewResponse struct {
@@ -96,6 +99,8 @@ type response struct {
 	Result    *status `json:"status,omitempty"`
 	PatchType string  `json:"patchType,omitempty"`
 	Patch     []byte  `json:"patch,omitempty"` // base64 by encoding/json, as the API expects
+	// Warnings reach the user (kubectl prints them): containers left alone and why.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 type status struct {
@@ -146,7 +151,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) (string, error) 
 		}
 		return "", &httpError{http.StatusBadRequest, "reading the request body: " + err.Error()}
 	}
-	resp, result, err := h.Review(body)
+	resp, result, err := h.ReviewContext(r.Context(), body)
 	if err != nil {
 		return "", err
 	}
@@ -163,6 +168,11 @@ func tooLarge() error {
 // Review answers one encoded AdmissionReview: the encoded response and its result label, or an
 // *httpError (400) when body is not a review this webhook can answer.
 func (h *Handler) Review(body []byte) ([]byte, string, error) {
+	return h.ReviewContext(context.Background(), body)
+}
+
+// ReviewContext is Review; ctx bounds the ConfigMap reads that envFrom may need.
+func (h *Handler) ReviewContext(ctx context.Context, body []byte) ([]byte, string, error) {
 	// Decoding is case-sensitive like the API server's: "Env" is not "env", and the patch paths must
 	// name fields that really exist. The common case decodes review and pod in a single pass.
 	var fast review[*slimPod]
@@ -170,11 +180,14 @@ func (h *Handler) Review(body []byte) ([]byte, string, error) {
 		if err := checkReview(fast.APIVersion, fast.Kind, metaOf(fast.Request)); err != nil {
 			return nil, "", err
 		}
-		pod := fast.Request.Object
+		pod, old := fast.Request.Object, fast.Request.OldObject
 		if pod == nil {
 			pod = &slimPod{}
 		}
-		return h.answer(fast.APIVersion, &fast.Request.requestMeta, func() (*slimPod, error) { return pod, nil })
+		if old == nil {
+			old = &slimPod{}
+		}
+		return h.answer(ctx, fast.APIVersion, &fast.Request.requestMeta, func() (*slimPod, *slimPod, error) { return pod, old, nil })
 	}
 	// Either not a review at all, or an object that is not shaped like a pod (which is fine for
 	// requests that are not pod creations): decode again, keeping the object raw.
@@ -185,12 +198,20 @@ func (h *Handler) Review(body []byte) ([]byte, string, error) {
 	if err := checkReview(rv.APIVersion, rv.Kind, metaOf(rv.Request)); err != nil {
 		return nil, "", err
 	}
-	return h.answer(rv.APIVersion, &rv.Request.requestMeta, func() (*slimPod, error) {
-		var pod slimPod
-		if len(rv.Request.Object) == 0 {
-			return &pod, nil
+	return h.answer(ctx, rv.APIVersion, &rv.Request.requestMeta, func() (*slimPod, *slimPod, error) {
+		var pod, old slimPod
+		for _, x := range []struct {
+			raw  json.RawMessage
+			into *slimPod
+		}{{rv.Request.Object, &pod}, {rv.Request.OldObject, &old}} {
+			if len(x.raw) == 0 {
+				continue
+			}
+			if err := sigsjson.UnmarshalCaseSensitivePreserveInts(x.raw, x.into); err != nil {
+				return nil, nil, err
+			}
 		}
-		return &pod, sigsjson.UnmarshalCaseSensitivePreserveInts(rv.Request.Object, &pod)
+		return &pod, &old, nil
 	})
 }
 
@@ -221,21 +242,22 @@ func checkReview(apiVersion, kind string, meta *requestMeta) error {
 }
 
 // answer encodes the response to one checked request, in the request's apiVersion.
-func (h *Handler) answer(apiVersion string, meta *requestMeta, pod func() (*slimPod, error)) ([]byte, string, error) {
+func (h *Handler) answer(ctx context.Context, apiVersion string, meta *requestMeta, pods func() (*slimPod, *slimPod, error)) ([]byte, string, error) {
 	out := reviewResponse{APIVersion: apiVersion, Kind: "AdmissionReview", Response: response{UID: meta.UID, Allowed: true}}
-	result := h.decide(meta, pod, &out.Response)
+	result := h.decide(ctx, meta, pods, &out.Response)
 	b, err := json.Marshal(&out)
 	return b, result, err
 }
 
 // decide fills resp for one request and returns its result label.
-func (h *Handler) decide(meta *requestMeta, decodePod func() (*slimPod, error), resp *response) string {
-	// Only the creation of a pod itself: its subresources (binding, eviction, ephemeralcontainers)
-	// and updates are not where a pod's environment is set.
-	if meta.Kind.Group != "" || meta.Kind.Kind != "Pod" || meta.SubResource != "" || meta.Operation != "CREATE" {
+func (h *Handler) decide(ctx context.Context, meta *requestMeta, decodePods func() (*slimPod, *slimPod, error), resp *response) string {
+	// The creation of a pod, and the ephemeral containers added to a running one (kubectl debug):
+	// the other subresources (binding, eviction, status) and updates do not set an environment.
+	ephemeral := meta.SubResource == "ephemeralcontainers" && meta.Operation == "UPDATE"
+	if meta.Kind.Group != "" || meta.Kind.Kind != "Pod" || !(ephemeral || meta.SubResource == "" && meta.Operation == "CREATE") {
 		return "skipped"
 	}
-	pod, err := decodePod()
+	pod, old, err := decodePods()
 	if err != nil {
 		resp.Allowed = false
 		resp.Result = &status{Code: http.StatusBadRequest, Message: "the request's object is not a Pod: " + err.Error()}
@@ -244,7 +266,33 @@ func (h *Handler) decide(meta *requestMeta, decodePod func() (*slimPod, error), 
 	if out, _ := pod.optedOut(); out {
 		return "opted_out"
 	}
-	p := h.m.patch(pod)
+	if pod.Spec == nil {
+		return "unchanged"
+	}
+	// envFrom may set the variables: only then are the ConfigMaps read.
+	r := envFromResolver{m: h.m, reader: h.m.reader, namespace: meta.Namespace}
+	var p []byte
+	if ephemeral {
+		existing := map[string]bool{}
+		if old.Spec != nil {
+			for _, c := range old.Spec.EphemeralContainers {
+				existing[c.Name] = true
+			}
+		}
+		if hasEnvFrom(pod.Spec.EphemeralContainers) {
+			r.resolve(ctx, "ephemeralContainers", pod.Spec.EphemeralContainers)
+		}
+		p = h.m.patchEphemeral(pod, existing)
+	} else {
+		if hasEnvFrom(pod.Spec.InitContainers) {
+			r.resolve(ctx, "initContainers", pod.Spec.InitContainers)
+		}
+		if hasEnvFrom(pod.Spec.Containers) {
+			r.resolve(ctx, "containers", pod.Spec.Containers)
+		}
+		p = h.m.patch(pod)
+	}
+	resp.Warnings = r.warnings
 	if p == nil {
 		return "unchanged"
 	}

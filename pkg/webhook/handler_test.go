@@ -44,10 +44,11 @@ type decoded struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
 	Response   struct {
-		UID       string `json:"uid"`
-		Allowed   bool   `json:"allowed"`
-		PatchType string `json:"patchType"`
-		Patch     []byte `json:"patch"`
+		UID       string   `json:"uid"`
+		Allowed   bool     `json:"allowed"`
+		PatchType string   `json:"patchType"`
+		Patch     []byte   `json:"patch"`
+		Warnings  []string `json:"warnings"`
 		Status    *struct {
 			Code    int    `json:"code"`
 			Message string `json:"message"`
@@ -110,6 +111,7 @@ func TestPatches(t *testing.T) {
 	family := []string{
 		hostVar,
 		`{"name":"KUBERNETES_SERVICE_PORT","value":"6443"}`,
+		`{"name":"KUBERNETES_SERVICE_PORT_HTTPS","value":"6443"}`,
 		`{"name":"KUBERNETES_PORT","value":"tcp://api.example.com.:6443"}`,
 		`{"name":"KUBERNETES_PORT_6443_TCP","value":"tcp://api.example.com.:6443"}`,
 		`{"name":"KUBERNETES_PORT_6443_TCP_PROTO","value":"tcp"}`,

@@ -5,11 +5,14 @@
 package webhook
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
 const (
@@ -31,11 +34,20 @@ type Config struct {
 	Port int
 	// HostAliasIP, when set, maps the FQDN (without its trailing dot) to this IP in /etc/hosts.
 	HostAliasIP net.IP
+	// ConfigMaps reads the ConfigMaps that containers name in envFrom; nil leaves every container
+	// with a configMapRef alone (with a warning), since the map could set the variables.
+	ConfigMaps ConfigMapReader
+}
+
+// ConfigMapReader returns a ConfigMap's data (a NotFound API error when it does not exist).
+type ConfigMapReader interface {
+	ConfigMapData(ctx context.Context, namespace, name string) (map[string]string, error)
 }
 
 // mutator holds the pre-encoded JSON fragments of a Config so building a patch is only appending bytes.
 type mutator struct {
-	vars []envVar // in injection order; vars[0] is KUBERNETES_SERVICE_HOST
+	reader ConfigMapReader
+	vars   []envVar // in injection order; vars[0] is KUBERNETES_SERVICE_HOST
 	// envJSON[i] is vars[i] encoded as a JSON object.
 	envJSON [][]byte
 
@@ -57,7 +69,7 @@ func newMutator(c Config) (*mutator, error) {
 	if c.Port < 0 || c.Port > 65535 {
 		return nil, fmt.Errorf("API server port %d is out of range 1-65535", c.Port)
 	}
-	m := &mutator{vars: []envVar{{EnvHost, c.FQDN}}}
+	m := &mutator{vars: []envVar{{EnvHost, c.FQDN}}, reader: c.ConfigMaps}
 	if c.Port != 0 {
 		// The same family the kubelet derives from the `kubernetes` Service, so clients that read
 		// any of them (not only client-go) see the same endpoint.
@@ -66,6 +78,7 @@ func newMutator(c Config) (*mutator, error) {
 		pfx := "KUBERNETES_PORT_" + p + "_TCP"
 		m.vars = append(m.vars,
 			envVar{"KUBERNETES_SERVICE_PORT", p},
+			envVar{"KUBERNETES_SERVICE_PORT_HTTPS", p},
 			envVar{"KUBERNETES_PORT", url},
 			envVar{pfx, url},
 			envVar{pfx + "_PROTO", "tcp"},
@@ -114,15 +127,34 @@ type slimPod struct {
 	} `json:"metadata"`
 	// Spec is nil when the object has none (not a real pod): there is then nothing to patch into.
 	Spec *struct {
-		InitContainers []slimContainer `json:"initContainers"`
-		Containers     []slimContainer `json:"containers"`
-		HostAliases    []slimHostAlias `json:"hostAliases"`
+		InitContainers      []slimContainer `json:"initContainers"`
+		Containers          []slimContainer `json:"containers"`
+		EphemeralContainers []slimContainer `json:"ephemeralContainers"`
+		HostAliases         []slimHostAlias `json:"hostAliases"`
 	} `json:"spec"`
 }
 
 type slimContainer struct {
+	Name string `json:"name"`
 	// Env is nil when the container has no env (absent or null): the patch then adds the array.
-	Env []slimEnv `json:"env"`
+	Env     []slimEnv     `json:"env"`
+	EnvFrom []slimEnvFrom `json:"envFrom"`
+
+	// Set from EnvFrom before patching (see resolveEnvFrom): the injected names its ConfigMaps
+	// set, and whether the container must be left alone.
+	fromEnvFrom map[string]bool
+	leaveAlone  bool
+}
+
+type slimEnvFrom struct {
+	Prefix       string   `json:"prefix"`
+	ConfigMapRef *slimRef `json:"configMapRef"`
+	SecretRef    *slimRef `json:"secretRef"`
+}
+
+type slimRef struct {
+	Name     string `json:"name"`
+	Optional *bool  `json:"optional"`
 }
 
 type slimEnv struct {
@@ -146,15 +178,28 @@ func (p *slimPod) optedOut() (bool, string) {
 	return false, ""
 }
 
-// patch returns the JSON patch for pod, or nil when nothing is missing.
+// patch returns the JSON patch for a new pod, or nil when nothing is missing.
 func (m *mutator) patch(p *slimPod) []byte {
 	if p.Spec == nil {
 		return nil
 	}
 	var b []byte
-	b = m.containers(b, "initContainers", p.Spec.InitContainers)
-	b = m.containers(b, "containers", p.Spec.Containers)
+	b = m.containers(b, "initContainers", p.Spec.InitContainers, nil)
+	b = m.containers(b, "containers", p.Spec.Containers, nil)
 	b = m.hostAliases(b, p.Spec.HostAliases)
+	if b == nil {
+		return nil
+	}
+	return append(b, ']')
+}
+
+// patchEphemeral returns the JSON patch for the ephemeral containers a pods/ephemeralcontainers
+// update adds (those not in existing, by name), or nil. Nothing else of a running pod may change.
+func (m *mutator) patchEphemeral(p *slimPod, existing map[string]bool) []byte {
+	if p.Spec == nil {
+		return nil
+	}
+	b := m.containers(nil, "ephemeralContainers", p.Spec.EphemeralContainers, existing)
 	if b == nil {
 		return nil
 	}
@@ -170,12 +215,14 @@ func op(b []byte) []byte {
 	return append(b, ',')
 }
 
-func (m *mutator) containers(b []byte, field string, cs []slimContainer) []byte {
+// containers adds what is missing to the containers of field, except those named in skip.
+func (m *mutator) containers(b []byte, field string, cs []slimContainer, skip map[string]bool) []byte {
 	for i := range cs {
-		env := cs[i].Env
-		if hasEnv(env, EnvHost) {
-			// The container chose its own API server: adding our port family to its host would
-			// point it at a mix of both, so it is left entirely alone.
+		c := &cs[i]
+		env := c.Env
+		if c.leaveAlone || skip[c.Name] || hasEnv(env, EnvHost) || c.fromEnvFrom[EnvHost] {
+			// The container chose its own API server (or may have, through envFrom): adding our
+			// port family to its host would point it at a mix of both, so it is left entirely alone.
 			continue
 		}
 		if env == nil {
@@ -185,17 +232,22 @@ func (m *mutator) containers(b []byte, field string, cs []slimContainer) []byte 
 			b = append(b, '/')
 			b = strconv.AppendInt(b, int64(i), 10)
 			b = append(b, `/env","value":[`...)
+			first := true
 			for j, v := range m.envJSON {
-				if j > 0 {
+				if c.fromEnvFrom[m.vars[j].Name] {
+					continue
+				}
+				if !first {
 					b = append(b, ',')
 				}
+				first = false
 				b = append(b, v...)
 			}
 			b = append(b, "]}"...)
 			continue
 		}
 		for j, v := range m.vars {
-			if j > 0 && hasEnv(env, v.Name) {
+			if j > 0 && (hasEnv(env, v.Name) || c.fromEnvFrom[v.Name]) {
 				continue // never override a value the pod sets itself
 			}
 			b = op(b)
@@ -209,6 +261,110 @@ func (m *mutator) containers(b []byte, field string, cs []slimContainer) []byte 
 		}
 	}
 	return b
+}
+
+// injects reports whether name is one of the injected variables.
+func (m *mutator) injects(name string) bool {
+	for _, v := range m.vars {
+		if v.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// mayProduce reports whether an envFrom source with this prefix could set an injected variable
+// (a key is never empty, so the name must be longer than the prefix).
+func (m *mutator) mayProduce(prefix string) bool {
+	for _, v := range m.vars {
+		if len(v.Name) > len(prefix) && strings.HasPrefix(v.Name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// envFromResolver resolves the envFrom sources of one review's containers, reading each ConfigMap
+// at most once.
+type envFromResolver struct {
+	m         *mutator
+	reader    ConfigMapReader
+	namespace string
+	maps      map[string]cmResult
+	warnings  []string
+}
+
+type cmResult struct {
+	data map[string]string
+	err  error
+}
+
+// resolve decides, for each container with envFrom, which injected names its ConfigMaps set, and
+// leaves it alone when a source could set them but cannot be known: a Secret (never read), a
+// ConfigMap that cannot be read, or a source kind this webhook does not know.
+func (r *envFromResolver) resolve(ctx context.Context, field string, cs []slimContainer) {
+	for i := range cs {
+		c := &cs[i]
+		for _, ef := range c.EnvFrom {
+			var why string
+			switch {
+			case ef.ConfigMapRef != nil:
+				res := r.configMap(ctx, ef.ConfigMapRef.Name)
+				if res.err != nil && apierrors.IsNotFound(res.err) && ef.ConfigMapRef.Optional != nil && *ef.ConfigMapRef.Optional {
+					continue // an optional map that does not exist sets nothing
+				}
+				if res.err != nil {
+					why = fmt.Sprintf("envFrom ConfigMap %q could not be read (%v)", ef.ConfigMapRef.Name, res.err)
+					break
+				}
+				for k := range res.data {
+					if name := ef.Prefix + k; r.m.injects(name) {
+						if c.fromEnvFrom == nil {
+							c.fromEnvFrom = map[string]bool{}
+						}
+						c.fromEnvFrom[name] = true
+					}
+				}
+				continue
+			case ef.SecretRef != nil:
+				if !r.m.mayProduce(ef.Prefix) {
+					continue
+				}
+				why = fmt.Sprintf("envFrom Secret %q may set %s (Secrets are not read)", ef.SecretRef.Name, EnvHost)
+			default:
+				why = "an envFrom source of an unknown kind may set " + EnvHost
+			}
+			c.leaveAlone = true
+			r.warnings = append(r.warnings, fmt.Sprintf("apiproxy: %s %q left unchanged: %s", strings.TrimSuffix(field, "s"), c.Name, why))
+			break
+		}
+	}
+}
+
+func (r *envFromResolver) configMap(ctx context.Context, name string) cmResult {
+	if res, ok := r.maps[name]; ok {
+		return res
+	}
+	var res cmResult
+	if r.reader == nil {
+		res.err = fmt.Errorf("the webhook has no API access to read ConfigMaps")
+	} else {
+		res.data, res.err = r.reader.ConfigMapData(ctx, r.namespace, name)
+	}
+	if r.maps == nil {
+		r.maps = map[string]cmResult{}
+	}
+	r.maps[name] = res
+	return res
+}
+
+func hasEnvFrom(cs []slimContainer) bool {
+	for i := range cs {
+		if len(cs[i].EnvFrom) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func hasEnv(env []slimEnv, name string) bool {

@@ -11,10 +11,14 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -36,6 +40,7 @@ type webhookOptions struct {
 	host         string
 	port         int
 	metricsAddr  string
+	kubeconfig   string
 
 	aliasIP net.IP
 }
@@ -50,7 +55,13 @@ and init container of a new pod that has no KUBERNETES_SERVICE_HOST gets it set 
 (existing values are never changed). --apiserver-port adds KUBERNETES_SERVICE_PORT and the
 KUBERNETES_PORT* family; --host-alias-ip maps the FQDN to that IP in the pod's hostAliases.
 Pods annotated liqo.io/api-server-support=disabled|remote or labelled apiproxy.io/inject=disabled are
-left unchanged. The serving certificate is re-read when its files change.`,
+left unchanged. Ephemeral containers (kubectl debug) get the same variables.
+
+A variable set through envFrom counts as set: ConfigMaps named in envFrom are read (get, in-cluster
+credentials or --kubeconfig) and a container whose map sets KUBERNETES_SERVICE_HOST is left alone;
+Secrets are never read, so a container with a secretRef that could set it is left alone too, as is
+one whose ConfigMap cannot be read. The API server passes the reason on as a warning.
+The serving certificate is re-read when its files change.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.validate(); err != nil {
@@ -72,6 +83,7 @@ left unchanged. The serving certificate is re-read when its files change.`,
 	f.StringVar(&o.host, "host", "", `[optional] address to listen on; "" means all addresses`)
 	f.IntVar(&o.port, "port", 9443, "[optional] port to serve the webhook on")
 	f.StringVar(&o.metricsAddr, "metrics-addr", ":8080", `plain-HTTP address of /healthz, /readyz and /metrics ("" disables it)`)
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", `[optional] kubeconfig for reading the ConfigMaps named in envFrom; "" means the in-cluster service account`)
 	return cmd
 }
 
@@ -119,7 +131,11 @@ func (o *webhookOptions) run(ctx context.Context) error {
 	// controller-runtime's server and certwatcher log through its logger: send it to klog.
 	crlog.SetLogger(klog.NewKlogr())
 	hs := health.New()
-	h, err := webhook.NewHandler(webhook.Config{FQDN: o.fqdn, Port: o.apiPort, HostAliasIP: o.aliasIP}, hs.Registry)
+	cms, err := o.configMapReader()
+	if err != nil {
+		return err
+	}
+	h, err := webhook.NewHandler(webhook.Config{FQDN: o.fqdn, Port: o.apiPort, HostAliasIP: o.aliasIP, ConfigMaps: cms}, hs.Registry)
 	if err != nil {
 		return err
 	}
@@ -141,3 +157,28 @@ func (o *webhookOptions) run(ctx context.Context) error {
 	klog.InfoS("Pod webhook stopped")
 	return err
 }
+
+// configMapReader is the webhook's read access to ConfigMaps. Outside a cluster and without
+// --kubeconfig there is none: containers with a configMapRef in envFrom are then left alone.
+func (o *webhookOptions) configMapReader() (webhook.ConfigMapReader, error) {
+	var cfg *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		if cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig); err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", o.kubeconfig, err)
+		}
+	} else if cfg, err = rest.InClusterConfig(); err != nil {
+		klog.InfoS("No API access: containers with a ConfigMap in envFrom will be left unchanged", "reason", err)
+		return nil, nil
+	}
+	// Pod bursts must not queue behind client-go's default 5 QPS: each read has ~1 s.
+	cfg.QPS, cfg.Burst = 50, 100
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return webhook.NewConfigMapReader(cs, configMapReadTimeout), nil
+}
+
+// configMapReadTimeout bounds one ConfigMap read: the API server gives the webhook 2 s in all.
+const configMapReadTimeout = time.Second

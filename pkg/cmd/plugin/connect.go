@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -66,7 +67,11 @@ type ConnectOptions struct {
 	Via          string
 	ViaNamespace string
 
+	// ProxyToken is --proxy-token: the token shown to a proxy that authenticates tunnels.
+	ProxyToken string
+
 	target   *connect.Target
+	creds    *connect.ProxyCredentials
 	proxyURL string // resolved, http://HOST:PORT
 }
 
@@ -89,7 +94,13 @@ never sees your credentials.
 is a stream of one port-forward session (through that API server) to a ready apiproxy proxy pod
 there, which CONNECTs to the proxy address, which CONNECTs to the API server. It needs "create" on
 pods/portforward in --via-namespace of that cluster, and the proxy there must allow the address
-(install --relay). It works with the local listener and "-- COMMAND" only.`,
+(install --relay). It works with the local listener and "-- COMMAND" only.
+
+A proxy that authenticates tunnels (agent proxy --auth tokenreview) answers 407: connect then sends
+the context's user's bearer token as Proxy-Authorization (a token, tokenFile, or exec/auth-provider
+plugin, as kubectl gets it). --proxy-token TOKEN sends that token instead (a user with only a client
+certificate needs it, e.g. a ServiceAccount token). --print-kubeconfig, --write-kubeconfig and --merge
+then write the token into proxy-url (http://apiproxy:TOKEN@HOST:PORT), so keep that file private.`,
 		Example: connectExample,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(cmd, args); err != nil {
@@ -112,6 +123,7 @@ pods/portforward in --via-namespace of that cluster, and the proxy there must al
 	f.DurationVar(&o.DialTimeout, "dial-timeout", 10*time.Second, "Timeout to reach the proxy and open a tunnel (TCP dial plus CONNECT)")
 	f.StringVar(&o.Via, "via", "", "Relay through this context's cluster: port-forward (through its API server) to its apiproxy proxy pod, which CONNECTs to the proxy address (needs pods/portforward there)")
 	f.StringVar(&o.ViaNamespace, "via-namespace", install.DefaultNamespace, "Namespace of the proxy's pods in the --via cluster")
+	f.StringVar(&o.ProxyToken, "proxy-token", "", "Token for a proxy that authenticates tunnels (sent as Proxy-Authorization); default: the context's user's token, when the proxy asks (407)")
 	return cmd
 }
 
@@ -136,6 +148,11 @@ func (o *ConnectOptions) Complete(cmd *cobra.Command, args []string) error {
 	if o.target, err = connect.NewTarget(raw, contextName); err != nil {
 		return err
 	}
+	restConfig, err := o.configFlags.ToRESTConfig()
+	if err != nil {
+		return fmt.Errorf("client configuration of context %q: %w", o.target.ContextName, err)
+	}
+	o.creds = &connect.ProxyCredentials{Override: o.ProxyToken, Config: restConfig, Context: o.target.ContextName}
 	return nil
 }
 
@@ -183,6 +200,11 @@ func (o *ConnectOptions) Run(ctx context.Context) error {
 	}
 	o.proxyURL = proxyURL
 
+	if o.PrintKubeconfig || o.WriteKubeconfig != "" || o.Merge {
+		if proxyURL, err = o.kubeconfigProxyURL(ctx, proxyURL); err != nil {
+			return err
+		}
+	}
 	switch {
 	case o.PrintKubeconfig:
 		b, err := connect.Serialize(o.target.WithProxyURL(proxyURL))
@@ -195,7 +217,7 @@ func (o *ConnectOptions) Run(ctx context.Context) error {
 		if err := clientcmd.WriteToFile(*o.target.WithProxyURL(proxyURL), o.WriteKubeconfig); err != nil {
 			return fmt.Errorf("writing %s: %w", o.WriteKubeconfig, err)
 		}
-		fmt.Fprintf(o.ErrOut, "wrote %s: context %q reaches %s through %s\n", o.WriteKubeconfig, o.target.ContextName, o.target.Server(), proxyURL)
+		fmt.Fprintf(o.ErrOut, "wrote %s: context %q reaches %s through %s\n", o.WriteKubeconfig, o.target.ContextName, o.target.Server(), o.proxyURL)
 		return nil
 	case o.Merge:
 		return o.merge(proxyURL)
@@ -232,14 +254,50 @@ func (o *ConnectOptions) merge(proxyURL string) error {
 	if err := clientcmd.ModifyConfig(access, *start, false); err != nil {
 		return fmt.Errorf("updating kubeconfig: %w", err)
 	}
-	fmt.Fprintf(o.ErrOut, "added context %q (through %s) to %s\n", name, proxyURL, access.GetDefaultFilename())
+	fmt.Fprintf(o.ErrOut, "added context %q (through %s) to %s\n", name, o.proxyURL, access.GetDefaultFilename())
 	return nil
 }
 
 func (o *ConnectOptions) dialer() func(context.Context) (net.Conn, error) {
-	d := &tunnel.Dialer{Proxy: o.proxyURL, Timeout: o.DialTimeout, Forward: &net.Dialer{KeepAlive: 30 * time.Second}}
+	d := &connect.AuthDialer{
+		Dialer: tunnel.Dialer{Proxy: o.proxyURL, Timeout: o.DialTimeout, Forward: &net.Dialer{KeepAlive: 30 * time.Second}},
+		Creds:  o.creds,
+	}
 	authority, _ := o.target.Authority()
 	return func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", authority) }
+}
+
+// kubeconfigProxyURL is the proxy-url a written kubeconfig gets: with the token as the password
+// when one is in use (--proxy-token, or the proxy answers 407 to a probe CONNECT), else proxyURL.
+// The probe needs this machine to reach the proxy; when it cannot, the URL stays without a token.
+func (o *ConnectOptions) kubeconfigProxyURL(ctx context.Context, proxyURL string) (string, error) {
+	token := o.ProxyToken
+	if token == "" {
+		probeTimeout := min(o.DialTimeout, 5*time.Second)
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		defer cancel()
+		authority, err := o.target.Authority()
+		if err != nil {
+			return "", err
+		}
+		d := &tunnel.Dialer{Proxy: proxyURL, Timeout: probeTimeout}
+		conn, err := d.DialContext(pctx, "tcp", authority)
+		var ce *tunnel.ConnectError
+		switch {
+		case err == nil:
+			_ = conn.Close()
+			return proxyURL, nil
+		case errors.As(err, &ce) && ce.StatusCode == http.StatusProxyAuthRequired:
+			if token, err = o.creds.Token(ctx); err != nil || token == "" {
+				return "", &connect.NoTokenError{Context: o.target.ContextName, Proxy: proxyURL, Err: err}
+			}
+		default:
+			fmt.Fprintf(o.ErrOut, "Note: could not reach proxy %s from here to see whether it requires a token (%v); if it does, re-run with --proxy-token\n", proxyURL, err)
+			return proxyURL, nil
+		}
+	}
+	fmt.Fprintf(o.ErrOut, "Note: the kubeconfig's proxy-url carries a token for the proxy: keep it private\n")
+	return connect.ProxyURLWithToken(proxyURL, token)
 }
 
 func (o *ConnectOptions) serve(ctx context.Context) error {
@@ -256,7 +314,7 @@ func (o *ConnectOptions) serve(ctx context.Context) error {
 		}
 		defer relay.Close()
 		remote, _ := tunnel.ProxyHostPort(o.proxyURL)
-		vd := &connect.ViaDialer{Relay: relay, RemoteProxy: remote, Timeout: o.DialTimeout}
+		vd := &connect.ViaDialer{Relay: relay, RemoteProxy: remote, Timeout: o.DialTimeout, Creds: o.creds}
 		dial = func(ctx context.Context) (net.Conn, error) { return vd.DialContext(ctx, "tcp", authority) }
 		// Relay errors already name their hop.
 		describe = func(err error) error { return err }
