@@ -199,6 +199,18 @@ func TestHealthProbesAreNotLogged(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, func() bool { return total(tp, KindConnect, ResultNoRequest) == 3 })
+	// A probe of a transparent listener too: relayed (to an upstream that is dialed at once), not logged.
+	tl, err := Listen(context.Background(), "127.0.0.1:0", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tp.ServeTCP(tl)
+	c, err := net.Dial("tcp", tl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitFor(t, func() bool { return total(tp, KindTCP, ResultOK)+total(tp, KindTCP, ResultRelayError) == 1 })
 	_, _, resp := connect(t, tp.addr, "GET / HTTP/1.1\r\n\r\n")
 	resp.Body.Close()
 	waitFor(t, func() bool { return total(tp, KindConnect, ResultMethod) == 1 })

@@ -177,6 +177,10 @@ func (o *proxyOptions) Validate() error {
 			return errors.New("--kubeconfig is only used by --auth tokenreview")
 		}
 	case authTokenReview:
+		if klog.V(8).Enabled() {
+			// client-go logs request bodies from -v 8 on: the TokenReviews' bodies are tokens.
+			return errors.New("--auth tokenreview refuses -v 8 and above: client-go would log the tokens under review")
+		}
 		if o.Listen == "" {
 			return errors.New("--auth tokenreview needs a CONNECT listener (--listen): transparent --listen-tcp listeners carry no credentials; use --allow-source for them")
 		}

@@ -57,6 +57,20 @@ func TestProxyFlagErrors(t *testing.T) {
 	}
 }
 
+// client-go logs request bodies from -v 8: with --auth tokenreview those are tokens.
+func TestProxyAuthRefusesVerbosityThatLogsTokens(t *testing.T) {
+	run := func(args ...string) error {
+		root := NewRootCommand(io.Discard, io.Discard)
+		root.SetArgs(append([]string{"proxy", "--metrics-addr", "", "--upstream", "127.0.0.1:1"}, args...))
+		return root.Execute()
+	}
+	t.Cleanup(func() { _ = run("-v", "0", "--max-tunnels", "-1") }) // klog's verbosity is global
+	err := run("-v", "8", "--auth", "tokenreview")
+	if err == nil || !strings.Contains(err.Error(), "refuses -v 8") {
+		t.Fatalf("got %v", err)
+	}
+}
+
 func TestProxyUpstreamDefaultsToInClusterService(t *testing.T) {
 	env := map[string]string{"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}
 	o := &proxyOptions{getenv: func(k string) string { return env[k] }}
