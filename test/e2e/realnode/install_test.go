@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -187,7 +188,7 @@ func TestAgentsOnRealNode(t *testing.T) {
 		}
 		aliased := false
 		for _, ha := range pod.Spec.HostAliases {
-			if ha.IP == e.nodeIP && len(ha.Hostnames) > 0 && ha.Hostnames[0] == "kubernetes.default.svc" {
+			if ha.IP == e.nodeIP && slices.Contains(ha.Hostnames, "kubernetes.default.svc") {
 				aliased = true
 			}
 		}
