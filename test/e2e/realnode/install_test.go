@@ -67,10 +67,26 @@ func TestAgentsOnRealNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the real-node cluster needs root: run the tests as root, as CI does")
 	}
+	var nodeIP string
+	t.Run("cluster", func(t *testing.T) { nodeIP = agentsOnRealNode(t) })
+	if nodeIP == "" {
+		return
+	}
+	// The cluster's teardown leaves nothing of the agents on this machine either.
+	if l, err := netlink.LinkByName(install.DefaultNodeInterface); err == nil {
+		t.Errorf("left behind: link %s", l.Attrs().Name)
+	}
+	if rules := nodeRules(t, nodeIP); len(rules) > 0 {
+		t.Errorf("left behind: rules\n%s", strings.Join(rules, "\n"))
+	}
+}
+
+func agentsOnRealNode(t *testing.T) (nodeIP string) {
 	ref, archive := harness.AgentImage(t)
 	c := realnode.Start(t, realnode.Options{Images: []string{archive}})
 	c.DumpLogsOnFailure(t)
 	e := &env{c: c, image: ref, nodeIP: c.LocalIP(2)}
+	nodeIP = e.nodeIP
 	ctx := context.Background()
 	cs := c.Clientset(t)
 
@@ -101,7 +117,7 @@ func TestAgentsOnRealNode(t *testing.T) {
 		}
 	})
 	if t.Failed() {
-		return
+		return nodeIP
 	}
 
 	t.Run("status says ready", func(t *testing.T) {
@@ -259,6 +275,7 @@ func TestAgentsOnRealNode(t *testing.T) {
 			}
 		}
 	})
+	return nodeIP
 }
 
 func podReady(p *corev1.Pod) bool {
