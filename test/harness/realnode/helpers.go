@@ -30,7 +30,7 @@ func (c *Cluster) AppPod(name string, args ...string) *corev1.Pod {
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
 		Spec: corev1.PodSpec{
 			TerminationGracePeriodSeconds: &grace,
-			Containers: []corev1.Container{{Name: "app", Image: c.AppImage, ImagePullPolicy: corev1.PullNever, Args: args}},
+			Containers:                    []corev1.Container{{Name: "app", Image: c.AppImage, ImagePullPolicy: corev1.PullNever, Args: args}},
 		},
 	}
 }
