@@ -4,6 +4,7 @@
 package realnode_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -226,7 +227,7 @@ func agentsOnRealNode(t *testing.T) (nodeIP string) {
 		}
 	})
 
-	t.Run("kubectl through the proxy Service", func(t *testing.T) {
+	t.Run("kubectl get, exec, watch and port-forward through the proxy Service", func(t *testing.T) {
 		svc, err := cs.CoreV1().Services(ns).Get(ctx, "apiproxy-proxy", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -239,6 +240,21 @@ func agentsOnRealNode(t *testing.T) (nodeIP string) {
 		out, stderr, err = harness.RunKubectl(ctx, t, kc, "exec", "client", "--", "/app", "echo", "through", "the", "proxy")
 		if err != nil || out != "through the proxy\n" {
 			t.Fatalf("kubectl exec through the proxy: out=%q stderr=%q err=%v", out, stderr, err)
+		}
+
+		// A watch through the proxy sees a pod created afterwards.
+		lines := startKubectl(t, c, kc, "get", "pods", "--watch", "-o", "name")
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, c.AppPod("watched", "serve", ":8080"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitLine(t, lines, "pod/watched", 30*time.Second)
+
+		// Port-forward through the proxy to the real pod (the kubelet's streaming).
+		pf := startKubectl(t, c, kc, "port-forward", "--address", "127.0.0.1", "pod/client", ":8080")
+		addr := strings.TrimPrefix(waitLine(t, pf, "Forwarding from 127.0.0.1:", 30*time.Second), "Forwarding from ")
+		addr = strings.Fields(addr)[0]
+		if body := httpGet(t, "http://"+addr+"/"); !strings.Contains(body, "hello from client") {
+			t.Errorf("port-forward through the proxy: %q", body)
 		}
 	})
 
@@ -403,4 +419,56 @@ func proxiedKubeconfig(t *testing.T, c *realnode.Cluster, proxyURL string) strin
 		t.Fatal(err)
 	}
 	return path
+}
+
+// startKubectl runs the harness kubectl in the background (stopped by PID when the test ends) and
+// returns its stdout lines.
+func startKubectl(t *testing.T, c *realnode.Cluster, kubeconfig string, args ...string) <-chan string {
+	t.Helper()
+	cmd := exec.Command(c.Kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG=")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("kubectl %s stderr:\n%s", strings.Join(args, " "), stderr.String())
+		}
+	})
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	return lines
+}
+
+// waitLine returns the first line containing want.
+func waitLine(t *testing.T, lines <-chan string, want string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("kubectl ended before printing %q", want)
+			}
+			if strings.Contains(l, want) {
+				return l
+			}
+		case <-deadline:
+			t.Fatalf("no line with %q within %s", want, timeout)
+		}
+	}
 }
