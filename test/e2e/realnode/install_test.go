@@ -281,8 +281,10 @@ func agentsOnRealNode(t *testing.T) (nodeIP string) {
 		if err != nil {
 			t.Fatalf("pod creation with the webhook down: %v", err)
 		}
-		// failurePolicy Ignore with timeoutSeconds 2: created, not injected, within the webhook timeout.
-		if d := time.Since(start); d > 5*time.Second {
+		// failurePolicy Ignore with timeoutSeconds 2: created, not injected. The bound is the webhook
+		// timeout plus a wide margin for a loaded machine: it catches a policy that waits or retries
+		// (or a Fail policy, which errors above), not slowness.
+		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("pod creation took %s with the webhook down", d)
 		}
 		for _, v := range pod.Spec.Containers[0].Env {
