@@ -258,6 +258,45 @@ func agentsOnRealNode(t *testing.T) (nodeIP string) {
 		}
 	})
 
+	t.Run("restarted node agent keeps the address and pods served", func(t *testing.T) {
+		// Watch the kernel's address events for the whole restart: the address must never go away.
+		updates := make(chan netlink.AddrUpdate, 100)
+		done := make(chan struct{})
+		if err := netlink.AddrSubscribe(updates, done); err != nil {
+			t.Fatal(err)
+		}
+		removed := make(chan string, 1)
+		go func() {
+			for u := range updates {
+				if !u.NewAddr && u.LinkAddress.IP.String() == e.nodeIP {
+					select {
+					case removed <- u.LinkAddress.String():
+					default:
+					}
+				}
+			}
+		}()
+		out, stderr, err := c.RunKubectl(ctx, t, "-n", ns, "rollout", "restart", "daemonset/apiproxy-node")
+		if err != nil {
+			close(done)
+			t.Fatalf("rollout restart: %v %s %s", err, out, stderr)
+		}
+		out, stderr, err = c.RunKubectl(ctx, t, "-n", ns, "rollout", "status", "daemonset/apiproxy-node", "--timeout", "2m")
+		close(done)
+		if err != nil {
+			t.Fatalf("rollout status: %v %s %s", err, out, stderr)
+		}
+		select {
+		case a := <-removed:
+			t.Errorf("the node IP %s was removed during the DaemonSet restart", a)
+		default:
+		}
+		out, stderr, err = c.RunKubectl(ctx, t, "exec", "client", "--", "/app", "kube-get", "/api/v1/namespaces/default/pods")
+		if err != nil || !strings.HasPrefix(out, "200 ") {
+			t.Fatalf("in-cluster request after the restart: err=%v stderr=%q out=%.200q", err, stderr, out)
+		}
+	})
+
 	t.Run("webhook down: pods are still created", func(t *testing.T) {
 		if out, stderr, err := c.RunKubectl(ctx, t, "-n", ns, "scale", "deployment/apiproxy-webhook", "--replicas", "0"); err != nil {
 			t.Fatalf("scale: %v %s %s", err, out, stderr)
