@@ -15,6 +15,15 @@
 // cgroups, stops the containerd shims of its socket, unmounts, and removes the cgroups, iptables
 // chains, links and files it made. Its state lives in a fixed directory (StateDir), so a run after
 // a killed run cleans the leftovers up first.
+//
+//	func TestMain(m *testing.M) { os.Exit(harness.RunTests(m)) } // removes the built binaries and images
+//
+//	ref, archive := harness.AgentImage(t) // the image `make image` builds
+//	c := realnode.Start(t, realnode.Options{Images: []string{archive}})
+//	c.DumpLogsOnFailure(t)
+//	pod, err := c.Clientset(t).CoreV1().Pods("default").Create(ctx, c.AppPod("web", "serve", ":8080"), metav1.CreateOptions{})
+//	c.WaitPodReady(t, "default", "web", time.Minute)
+//	out, stderr, err := c.RunKubectl(ctx, t, "exec", "web", "--", "/app", "get", "http://"+c.LocalIP(2)+"/")
 package realnode
 
 import (

@@ -96,6 +96,9 @@ func TestKilledRunIsCleanedUp(t *testing.T) {
 	if !processRuns("/app serve") {
 		t.Fatal("the killed run's pod is not running: nothing to clean up, the test proves nothing")
 	}
+	if out, err := exec.Command("iptables", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT").CombinedOutput(); err != nil || !strings.Contains(string(out), "CNI-DN-") {
+		t.Fatalf("the killed run left no portmap chains (%v): %s", err, out)
+	}
 
 	t.Run("next run", func(t *testing.T) {
 		c := realnode.Start(t, realnode.Options{})
@@ -121,7 +124,10 @@ func TestHelperHoldsCluster(t *testing.T) {
 		t.Skip("helper process of TestKilledRunIsCleanedUp")
 	}
 	c := realnode.Start(t, realnode.Options{})
-	if _, err := c.Clientset(t).CoreV1().Pods("default").Create(context.Background(), c.AppPod("leftover", "serve", ":8080"), metav1.CreateOptions{}); err != nil {
+	// With a hostPort, so the kill also leaves the portmap plugin's chains (CNI DEL never runs).
+	pod := c.AppPod("leftover", "serve", ":8080")
+	pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 28090}}
+	if _, err := c.Clientset(t).CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	c.WaitPodReady(t, "default", "leftover", 90*time.Second)
