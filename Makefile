@@ -15,7 +15,8 @@ BIN       := bin
 GOFLAGS_BUILD := -trimpath
 export CGO_ENABLED ?= 0
 
-# Where hack/test-assets.sh keeps kube-apiserver, etcd and kubectl (outside the repository).
+# Where hack/test-assets.sh keeps kube-apiserver, etcd and kubectl (outside the repository; the node
+# binaries of test/harness/realnode are in `hack/test-assets.sh --node-dir`).
 ASSETS = $(shell hack/test-assets.sh --dir)
 TEST_TIMEOUT ?= 20m
 
@@ -28,7 +29,7 @@ build: ## build bin/kubectl-apiproxy and bin/agent with the version stamped in
 	go build $(GOFLAGS_BUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/kubectl-apiproxy ./cmd/kubectl-apiproxy
 	go build $(GOFLAGS_BUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/agent ./cmd/agent
 
-test-assets: ## build the test kube-apiserver, etcd and kubectl (skipped when already built)
+test-assets: ## build the test kube-apiserver, etcd, kubectl and the real-node binaries (skipped when already built)
 	hack/test-assets.sh
 
 unit: ## unit tests only (no API server, no root)

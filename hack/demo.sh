@@ -27,7 +27,7 @@ up() {
   rm -rf "$DEMO"; mkdir -p "$DEMO"
   say "Building the plugin, the agent and the test cluster binaries (kube-apiserver, etcd, kubectl)"
   make -s build
-  ASSETS=$(hack/test-assets.sh)
+  ASSETS=$(hack/test-assets.sh --api-only)  # the demo runs API servers only: no node binaries
   go build -o bin/demo-env ./hack/demo
 
   say "Starting two clusters, cl01 (consumer) and cl02 (provider), each a real kube-apiserver + etcd"

@@ -154,7 +154,11 @@ func debFiles(root string) ([]File, error) {
 			}
 			files = append(files, File{Path: rel, Link: target})
 		case d.Type().IsRegular():
-			files = append(files, File{Path: rel, Source: p})
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			files = append(files, File{Path: rel, Source: p, Mode: info.Mode().Perm()})
 		}
 		return nil
 	})

@@ -2,11 +2,14 @@ package realnode
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -138,6 +141,9 @@ func resolvers() []net.IP {
 // adds the DROP rules that keep the node's ranges off the default interface.
 func setUpNetwork(nw *network) error {
 	if err := rememberIPForward(); err != nil {
+		return err
+	}
+	if err := recordNetwork(nw); err != nil {
 		return err
 	}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge}}
@@ -274,4 +280,142 @@ func lock(t testing.TB) (func(), error) {
 		t.Logf("waited %s for the other real-node cluster", time.Since(start).Round(time.Second))
 	}
 	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+// networkFile records the ranges and the links that existed before the cluster, so teardown (also a
+// later run's, after a kill) can remove what the cluster's pods put on the node: hostNetwork pods such
+// as the node agent add interfaces, addresses and iptables rules for addresses in these ranges.
+const networkFile = "network.json"
+
+type networkRecord struct {
+	CIDRs []string `json:"cidrs"`
+	Links []string `json:"links"`
+}
+
+func recordNetwork(nw *network) error {
+	f := filepath.Join(StateDir, networkFile)
+	if _, err := os.Stat(f); err == nil {
+		return nil
+	}
+	rec := networkRecord{CIDRs: []string{nw.pod.String(), nw.service.String(), nw.local.String()}}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		rec.Links = append(rec.Links, l.Attrs().Name)
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(f, b, 0o600)
+}
+
+func readNetworkRecord() (*networkRecord, []*net.IPNet) {
+	b, err := os.ReadFile(filepath.Join(StateDir, networkFile))
+	if err != nil {
+		return nil, nil
+	}
+	var rec networkRecord
+	if json.Unmarshal(b, &rec) != nil {
+		return nil, nil
+	}
+	var nets []*net.IPNet
+	for _, c := range rec.CIDRs {
+		if _, n, err := net.ParseCIDR(c); err == nil {
+			nets = append(nets, n)
+		}
+	}
+	return &rec, nets
+}
+
+func inAny(ip net.IP, nets []*net.IPNet) bool {
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// removePodLeftovers deletes the links created since the cluster started that hold an address in
+// our ranges, removes such addresses from the other links, and deletes the iptables rules that name
+// an address in our ranges (our own DROP rules are gone by then).
+func removePodLeftovers() error {
+	rec, nets := readNetworkRecord()
+	if rec == nil {
+		return nil
+	}
+	var errs []error
+	links, err := netlink.LinkList()
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		if l.Attrs().Name == Bridge {
+			continue
+		}
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
+		var ours []netlink.Addr
+		for _, a := range addrs {
+			if inAny(a.IP, nets) {
+				ours = append(ours, a)
+			}
+		}
+		if len(ours) == 0 {
+			continue
+		}
+		if !slices.Contains(rec.Links, l.Attrs().Name) {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("deleting link %s: %w", l.Attrs().Name, err))
+			}
+			continue
+		}
+		for _, a := range ours {
+			if err := netlink.AddrDel(l, &a); err != nil {
+				errs = append(errs, fmt.Errorf("deleting %s from %s: %w", a.IPNet, l.Attrs().Name, err))
+			}
+		}
+	}
+	for _, save := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := exec.Command(save).Output()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", save, err))
+			continue
+		}
+		bin := strings.TrimSuffix(save, "-save")
+		table := ""
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "*") {
+				table = line[1:]
+			}
+			if !strings.HasPrefix(line, "-A ") || !ruleNames(line, nets) {
+				continue
+			}
+			args := append([]string{"-w", "5", "-t", table, "-D"}, splitRule(line)[1:]...)
+			if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("%s %s: %v: %s", bin, strings.Join(args, " "), err, out))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ruleNames reports whether an iptables rule's -s or -d is an address in nets.
+func ruleNames(rule string, nets []*net.IPNet) bool {
+	f := strings.Fields(rule)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] != "-s" && f[i] != "-d" {
+			continue
+		}
+		ip, _, err := net.ParseCIDR(f[i+1])
+		if err != nil {
+			ip = net.ParseIP(f[i+1])
+		}
+		if ip != nil && inAny(ip, nets) {
+			return true
+		}
+	}
+	return false
 }

@@ -15,6 +15,15 @@
 // cgroups, stops the containerd shims of its socket, unmounts, and removes the cgroups, iptables
 // chains, links and files it made. Its state lives in a fixed directory (StateDir), so a run after
 // a killed run cleans the leftovers up first.
+//
+//	func TestMain(m *testing.M) { os.Exit(harness.RunTests(m)) } // removes the built binaries and images
+//
+//	ref, archive := harness.AgentImage(t) // the image `make image` builds
+//	c := realnode.Start(t, realnode.Options{Images: []string{archive}})
+//	c.DumpLogsOnFailure(t)
+//	pod, err := c.Clientset(t).CoreV1().Pods("default").Create(ctx, c.AppPod("web", "serve", ":8080"), metav1.CreateOptions{})
+//	c.WaitPodReady(t, "default", "web", time.Minute)
+//	out, stderr, err := c.RunKubectl(ctx, t, "exec", "web", "--", "/app", "get", "http://"+c.LocalIP(2)+"/")
 package realnode
 
 import (
@@ -28,6 +37,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -289,14 +300,51 @@ func (c *Cluster) dumpLogs(t testing.TB) {
 	}
 }
 
-// DumpLogsOnFailure registers a cleanup that prints the end of every component's log when the
-// test failed (registered after Start, it runs before the teardown).
+// DumpLogsOnFailure registers a cleanup that, when the test failed, prints the pods, the events,
+// the last log lines of every container that is not ready or restarted, and the end of every
+// component's log (registered after Start, it runs before the teardown).
 func (c *Cluster) DumpLogsOnFailure(t testing.TB) {
 	t.Cleanup(func() {
 		if t.Failed() {
+			c.dumpPods(t)
 			c.dumpLogs(t)
 		}
 	})
+}
+
+func (c *Cluster) dumpPods(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"get", "events", "-A", "--sort-by=.lastTimestamp"}} {
+		out, stderr, _ := c.RunKubectl(ctx, t, args...)
+		t.Logf("--- kubectl %s ---\n%s%s", strings.Join(args, " "), out, stderr)
+	}
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		return
+	}
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return
+	}
+	tail := int64(30)
+	for _, p := range pods.Items {
+		for _, st := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			if st.Ready && st.RestartCount == 0 {
+				continue
+			}
+			for _, prev := range []bool{false, true} {
+				if prev && st.RestartCount == 0 {
+					continue
+				}
+				b, err := cs.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: st.Name, TailLines: &tail, Previous: prev}).DoRaw(ctx)
+				if err == nil {
+					t.Logf("--- logs of %s/%s container %s (previous=%v) ---\n%s", p.Namespace, p.Name, st.Name, prev, b)
+				}
+			}
+		}
+	}
 }
 
 // Clientset returns an admin clientset.

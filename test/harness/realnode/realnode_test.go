@@ -43,6 +43,109 @@ func TestRealNodeSmokeAndTeardown(t *testing.T) {
 	after.assertClean(t, before)
 }
 
+const holdEnv = "APIPROXY_REALNODE_HOLD"
+
+// A killed run (SIGKILL of the test process: no cleanup ran) leaves its components and pods
+// running, and the next Start clears all of it before starting its own cluster.
+func TestKilledRunIsCleanedUp(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the real-node cluster needs root: run the tests as root, as CI does")
+	}
+	if os.Getenv(holdEnv) != "" {
+		t.Skip("runs only in the parent test")
+	}
+	before := snapshot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperHoldsCluster$", "-test.v", "-test.count=1")
+	// The child's built binaries land in our temporary directory, which goes when we are done.
+	cmd.Env = append(os.Environ(), holdEnv+"=1", "TMPDIR="+t.TempDir())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan bool, 1)
+	var log strings.Builder
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
+			if sc.Text() == "HOLDING" {
+				held <- true
+			}
+		}
+		close(held)
+	}()
+	if !<-held {
+		_ = cmd.Wait()
+		t.Fatalf("the child run did not get its cluster up:\n%s", log.String())
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+
+	// What the killed run left: its components, its pod, the bridge.
+	if _, err := netlink.LinkByName(realnode.Bridge); err != nil {
+		t.Fatalf("no bridge after the kill (%v): nothing to clean up, the test proves nothing", err)
+	}
+	if !processRuns("/app serve") {
+		t.Fatal("the killed run's pod is not running: nothing to clean up, the test proves nothing")
+	}
+	if out, err := exec.Command("iptables", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT").CombinedOutput(); err != nil || !strings.Contains(string(out), "CNI-DN-") {
+		t.Fatalf("the killed run left no portmap chains (%v): %s", err, out)
+	}
+
+	t.Run("next run", func(t *testing.T) {
+		c := realnode.Start(t, realnode.Options{})
+		c.DumpLogsOnFailure(t)
+		pods, err := c.Clientset(t).CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pods.Items) != 0 {
+			t.Errorf("the new cluster has %d pods of the killed run", len(pods.Items))
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	snapshot(t).assertClean(t, before)
+}
+
+// TestHelperHoldsCluster is the child of TestKilledRunIsCleanedUp: it starts a cluster with a pod,
+// says HOLDING, and waits to be killed.
+func TestHelperHoldsCluster(t *testing.T) {
+	if os.Getenv(holdEnv) == "" {
+		t.Skip("helper process of TestKilledRunIsCleanedUp")
+	}
+	c := realnode.Start(t, realnode.Options{})
+	// With a hostPort, so the kill also leaves the portmap plugin's chains (CNI DEL never runs).
+	pod := c.AppPod("leftover", "serve", ":8080")
+	pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 28090}}
+	if _, err := c.Clientset(t).CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitPodReady(t, "default", "leftover", 90*time.Second)
+	fmt.Println("HOLDING")
+	time.Sleep(5 * time.Minute)
+}
+
+func processRuns(substr string) bool {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(strings.ReplaceAll(string(b), "\x00", " "), substr) {
+			return true
+		}
+	}
+	return false
+}
+
 func smoke(t *testing.T) {
 	c := realnode.Start(t, realnode.Options{})
 	c.DumpLogsOnFailure(t)

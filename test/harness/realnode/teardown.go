@@ -52,6 +52,7 @@ func Teardown(nodeAssets string) error {
 		errs = append(errs, cleanIPTables(nodeAssets))
 	}
 	errs = append(errs, tearDownNetwork())
+	errs = append(errs, removePodLeftovers())
 	if ours {
 		removeHardcodedLeftovers()
 	}
