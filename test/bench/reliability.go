@@ -77,32 +77,27 @@ type agentProxy struct {
 	exited            chan error
 }
 
-func freeLoopback() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 func startAgentProxy(agent, upstream string) (*agentProxy, error) {
-	listen, err := freeLoopback()
+	listen, err := freeLoopbackAddr()
 	if err != nil {
 		return nil, err
 	}
-	listenTCP, err := freeLoopback()
+	listenTCP, err := freeLoopbackAddr()
 	if err != nil {
 		return nil, err
 	}
 	p := &agentProxy{listen: listen, listenTCP: listenTCP, exited: make(chan error, 1)}
 	p.cmd = exec.Command(agent, "proxy", "--listen", listen, "--listen-tcp", listenTCP, "--upstream", upstream,
 		"--metrics-addr", "", "--max-tunnels", "0", "--header-timeout", "60s", "--shutdown-grace", reliabilityGrace.String())
-	if _, err := startChild(p.cmd, false, listen); err != nil {
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() { p.exited <- p.cmd.Wait(); close(done) }()
+	if err := waitListening(listen, done, 20*time.Second); err != nil {
 		p.stop()
 		return nil, err
 	}
-	go func() { p.exited <- p.cmd.Wait() }()
 	return p, nil
 }
 
@@ -127,11 +122,12 @@ func runReliabilityBench() ([]Row, error) {
 	}
 	targetCmd := exec.Command(self)
 	targetCmd.Env = append(os.Environ(), reliabilityTargetEnv+"=1")
-	up, err := startChild(targetCmd, true, "")
+	target, err := startGoChild("echo target", targetCmd, "")
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = targetCmd.Process.Kill(); _ = targetCmd.Wait() }()
+	defer target.stop()
+	up := target.addr
 
 	dir, err := os.MkdirTemp("", "apiproxy-bench-reliability-")
 	if err != nil {
@@ -150,9 +146,9 @@ func runReliabilityBench() ([]Row, error) {
 		if err != nil {
 			return rows, err
 		}
-		e := endpoint{name: "agent proxy " + path, addr: p.listen, proxy: true, pid: p.cmd.Process.Pid}
+		e := &proc{name: "agent proxy " + path, addr: p.listen, connect: up, pid: p.cmd.Process.Pid}
 		if path == "transparent" {
-			e.addr, e.proxy = p.listenTCP, false
+			e.addr, e.connect = p.listenTCP, ""
 		}
 		kib, err := idleRSS(e, reliabilityIdle)
 		p.stop()
@@ -196,7 +192,7 @@ func runReliabilityBench() ([]Row, error) {
 // connection in KiB.
 func headlessRSS(p *agentProxy, n int) (float64, error) {
 	time.Sleep(500 * time.Millisecond)
-	before, err := vmRSSKiB(p.cmd.Process.Pid)
+	before, err := rssKiB(p.cmd.Process.Pid)
 	if err != nil {
 		return 0, err
 	}
@@ -216,7 +212,7 @@ func headlessRSS(p *agentProxy, n int) (float64, error) {
 	var after float64
 	for i := 0; i < 3; i++ {
 		time.Sleep(time.Second)
-		if after, err = vmRSSKiB(p.cmd.Process.Pid); err != nil {
+		if after, err = rssKiB(p.cmd.Process.Pid); err != nil {
 			return 0, err
 		}
 	}
@@ -233,7 +229,7 @@ type sigtermResult struct {
 // sigtermUnderLoad keeps reliabilityBusy tunnels echoing, sends SIGTERM, keeps them echoing for 3
 // more seconds, then half-closes each and checks that every byte sent came back.
 func sigtermUnderLoad(p *agentProxy) (*sigtermResult, error) {
-	e := endpoint{name: "agent proxy", addr: p.listen, proxy: true}
+	e := &proc{name: "agent proxy", addr: p.listen, connect: "kubernetes.default.svc:443"}
 	r := &sigtermResult{}
 	var mu sync.Mutex
 	fail := func(err error) {
