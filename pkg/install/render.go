@@ -242,9 +242,15 @@ func VersionLabel(v string) string {
 	return strings.Trim(v, "-_.")
 }
 
+// proxyShutdownDelay is the proxy's --shutdown-delay behind its Service; with --shutdown-grace 30s
+// it fits the Deployment's terminationGracePeriodSeconds (40).
+const proxyShutdownDelay = "5s"
+
 // ProxyArgs are the proxy Deployment's agent arguments.
 func ProxyArgs(o Options) []string {
-	args := []string{"proxy", "--listen", ":" + strconv.Itoa(o.ProxyPort), "--metrics-addr", ":" + strconv.Itoa(metricsPort)}
+	args := []string{"proxy", "--listen", ":" + strconv.Itoa(o.ProxyPort), "--metrics-addr", ":" + strconv.Itoa(metricsPort),
+		// Behind a Service: stay reachable while kube-proxy learns that the pod is terminating.
+		"--shutdown-delay", proxyShutdownDelay}
 	if o.Upstream != "" {
 		args = append(args, "--upstream", o.Upstream)
 	}

@@ -123,7 +123,7 @@ func TestRenderProxyDeploymentIsHardened(t *testing.T) {
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("resources: %+v", c.Resources)
 	}
-	if !slices.Equal(c.Args, []string{"proxy", "--listen", ":3128", "--metrics-addr", ":9090"}) {
+	if !slices.Equal(c.Args, []string{"proxy", "--listen", ":3128", "--metrics-addr", ":9090", "--shutdown-delay", "5s"}) {
 		t.Errorf("args = %v", c.Args)
 	}
 	if c.Image != DefaultImage() {

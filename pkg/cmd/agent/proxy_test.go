@@ -35,6 +35,7 @@ func TestProxyFlagErrors(t *testing.T) {
 		"invalid --max-tunnels -1":                          {"--upstream", "127.0.0.1:1", "--max-tunnels", "-1"},
 		"invalid --header-timeout 0s":                       {"--upstream", "127.0.0.1:1", "--header-timeout", "0"},
 		"invalid --dial-timeout -1s":                        {"--upstream", "127.0.0.1:1", "--dial-timeout", "-1s"},
+		"invalid --shutdown-delay -1s":                      {"--upstream", "127.0.0.1:1", "--shutdown-delay", "-1s"},
 		"invalid --max-header-bytes 10":                     {"--upstream", "127.0.0.1:1", "--max-header-bytes", "10"},
 		"invalid --max-pending-heads 0":                     {"--upstream", "127.0.0.1:1", "--max-pending-heads", "0"},
 		`invalid --allow-source "10.0.0.0/33"`:              {"--upstream", "127.0.0.1:1", "--allow-source", "10.0.0.0/33"},
@@ -370,5 +371,58 @@ func TestProxyReadinessCanRequireADialableUpstream(t *testing.T) {
 		if code != want {
 			t.Errorf("--readiness-dial-upstream=%v with a dead upstream: /readyz %d, want %d", dial, code, want)
 		}
+	}
+}
+
+func TestProxyShutdownDelayKeepsAcceptingWhileNotReady(t *testing.T) {
+	upstream := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.Copy(c, c) })
+	listen, metrics := freeAddr(t, "127.0.0.1"), freeAddr(t, "127.0.0.1")
+	p := startProxyProcess(t, nil, listen, "--listen", listen, "--upstream", upstream,
+		"--metrics-addr", metrics, "--shutdown-delay", "6s", "--shutdown-grace", "5s")
+	if code := httpStatus(t, "http://"+metrics+"/readyz"); code != 200 {
+		t.Fatalf("/readyz %d before SIGTERM", code)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Within the delay: not ready, so endpoints drop it...
+	deadline := time.Now().Add(3 * time.Second)
+	for httpStatus(t, "http://"+metrics+"/readyz") != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still 200 after SIGTERM with --shutdown-delay")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// ...but a connection still routed here gets its tunnel.
+	c, err := net.DialTimeout("tcp", listen, 2*time.Second)
+	if err != nil {
+		t.Fatalf("refused during --shutdown-delay: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "CONNECT kubernetes.default.svc:443 HTTP/1.1\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT during --shutdown-delay: %v %v", resp, err)
+	}
+	io.WriteString(c, "ping")
+	if b := make([]byte, 4); func() bool { _, err := io.ReadFull(br, b); return err != nil || string(b) != "ping" }() {
+		t.Fatal("the tunnel opened during the delay does not relay")
+	}
+	c.(*net.TCPConn).CloseWrite()
+	// After the delay the listener closes and the process exits once the tunnel ended.
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no exit after --shutdown-delay and the drain")
+	}
+	if c2, err := net.DialTimeout("tcp", listen, time.Second); err == nil {
+		c2.Close()
+		t.Error("still accepting after the delay and the drain")
 	}
 }
