@@ -42,6 +42,12 @@ const (
 	authBindingPrefix = "apiproxy-proxy-auth-"
 )
 
+// The kinds the proxy's security adds (also in managedKinds, for status and uninstall).
+var (
+	gvkNetworkPolicy      = schema.GroupVersionKind{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicy"}
+	gvkClusterRoleBinding = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"}
+)
+
 // loopbackSources are always in the proxy's --allow-source when it has one: `connect --via` reaches
 // the proxy through a port-forward, which arrives on the pod's loopback.
 var loopbackSources = []string{"127.0.0.0/8", "::1/128"}
