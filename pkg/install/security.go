@@ -99,7 +99,9 @@ func decideSources(ctx context.Context, c *Client, o *Options, log io.Writer) er
 		switch {
 		case errors.Is(err, liqo.ErrNotServed) || errors.Is(err, liqo.ErrNoConfiguration):
 			if o.NetworkPolicy == NetworkPolicyAuto {
-				fmt.Fprintln(log, "no Liqo Configurations in this cluster: no NetworkPolicy for the proxy (--network-policy=auto)")
+				if errors.Is(err, liqo.ErrNoConfiguration) { // Liqo without peers yet; without Liqo, say nothing
+					fmt.Fprintln(log, "no Liqo Configurations in this cluster yet: no NetworkPolicy for the proxy (--network-policy=auto); re-run install after peering")
+				}
 				break
 			}
 			fmt.Fprintf(log, "--network-policy=true without Liqo peers (%v): the proxy port is open to this namespace and --allow-source only\n", err)
