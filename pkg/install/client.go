@@ -18,20 +18,18 @@ import (
 // Kinds this package creates, in deletion order (the webhook first, so pods are no longer sent to a
 // webhook being removed; the namespace last).
 var (
-	gvkMutatingWebhook    = schema.GroupVersionKind{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "MutatingWebhookConfiguration"}
-	gvkIP                 = schema.GroupVersionKind{Group: "ipam.liqo.io", Version: "v1alpha1", Kind: "IP"}
-	gvkDeployment         = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
-	gvkDaemonSet          = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DaemonSet"}
-	gvkPDB                = schema.GroupVersionKind{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"}
-	gvkService            = schema.GroupVersionKind{Version: "v1", Kind: "Service"}
-	gvkSecret             = schema.GroupVersionKind{Version: "v1", Kind: "Secret"}
-	gvkRole               = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"}
-	gvkRoleBinding        = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"}
-	gvkServiceAccount     = schema.GroupVersionKind{Version: "v1", Kind: "ServiceAccount"}
-	gvkNamespace          = schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}
-	gvkPod                = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
-	gvkNetworkPolicy      = schema.GroupVersionKind{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicy"}
-	gvkClusterRoleBinding = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"}
+	gvkMutatingWebhook = schema.GroupVersionKind{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "MutatingWebhookConfiguration"}
+	gvkIP              = schema.GroupVersionKind{Group: "ipam.liqo.io", Version: "v1alpha1", Kind: "IP"}
+	gvkDeployment      = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+	gvkDaemonSet       = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DaemonSet"}
+	gvkPDB             = schema.GroupVersionKind{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"}
+	gvkService         = schema.GroupVersionKind{Version: "v1", Kind: "Service"}
+	gvkSecret          = schema.GroupVersionKind{Version: "v1", Kind: "Secret"}
+	gvkRole            = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"}
+	gvkRoleBinding     = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"}
+	gvkServiceAccount  = schema.GroupVersionKind{Version: "v1", Kind: "ServiceAccount"}
+	gvkNamespace       = schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}
+	gvkPod             = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
 	// The webhook's ConfigMap reader (envFrom).
 	gvkClusterRole = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"}
 

@@ -9,6 +9,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
+// OwnIPResourceName is our IP's name when Liqo's own proxy already holds IPResourceName.
+const OwnIPResourceName = "apiproxy"
+
 func decodeB64(s string) ([]byte, error) { return base64.StdEncoding.DecodeString(s) }
 
 // decideIP says whether install must create its IP resource and under which name, failing (true)

@@ -33,16 +33,14 @@ var AllRoles = []Role{RoleProxy, RoleNode, RoleWebhook}
 
 // Defaults of the install flags.
 const (
-	DefaultNamespace     = "apiproxy-system"
-	DefaultProxyPort     = 8118
-	DefaultNodeIP        = "10.96.0.2"
-	DefaultNodeInterface = "apiproxy0"
-	DefaultLiqoNamespace = "liqo"
-	DefaultImageRepo     = "ghcr.io/apiproxy/agent"
-	FieldManager         = "kubectl-apiproxy"
-	IPResourceName       = "api-server-proxy"
-	// OwnIPResourceName is our IP's name when Liqo's own proxy already holds IPResourceName.
-	OwnIPResourceName     = "apiproxy"
+	DefaultNamespace      = "apiproxy-system"
+	DefaultProxyPort      = 8118
+	DefaultNodeIP         = "10.96.0.2"
+	DefaultNodeInterface  = "apiproxy0"
+	DefaultLiqoNamespace  = "liqo"
+	DefaultImageRepo      = "ghcr.io/apiproxy/agent"
+	FieldManager          = "kubectl-apiproxy"
+	IPResourceName        = "api-server-proxy"
 	nodeForwardPort       = 443
 	metricsPort           = 9090
 	webhookPort           = 9443

@@ -73,11 +73,12 @@ type values struct {
 	WebhookCertDir, CASecretName, TLSSecretName      string
 	WebhookConfigName, LiqoNamespace, ProxyClusterIP string
 	IPName                                           string
+	Certs                                            WebhookCerts
+
 	// Security (security.go): the proxy's NetworkPolicy and its auth RBAC.
 	NetworkPolicy, ProxyAuth bool
 	AuthBindingName          string
 	PolicyFrom, MetricsFrom  []map[string]any
-	Certs                    WebhookCerts
 }
 
 // Render returns the objects to apply, in apply order, labelled.

@@ -42,6 +42,12 @@ const (
 	authBindingPrefix = "apiproxy-proxy-auth-"
 )
 
+// The kinds the proxy's security adds (also in managedKinds, for status and uninstall).
+var (
+	gvkNetworkPolicy      = schema.GroupVersionKind{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicy"}
+	gvkClusterRoleBinding = schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"}
+)
+
 // loopbackSources are always in the proxy's --allow-source when it has one: `connect --via` reaches
 // the proxy through a port-forward, which arrives on the pod's loopback.
 var loopbackSources = []string{"127.0.0.0/8", "::1/128"}
@@ -93,7 +99,9 @@ func decideSources(ctx context.Context, c *Client, o *Options, log io.Writer) er
 		switch {
 		case errors.Is(err, liqo.ErrNotServed) || errors.Is(err, liqo.ErrNoConfiguration):
 			if o.NetworkPolicy == NetworkPolicyAuto {
-				fmt.Fprintln(log, "no Liqo Configurations in this cluster: no NetworkPolicy for the proxy (--network-policy=auto)")
+				if errors.Is(err, liqo.ErrNoConfiguration) { // Liqo without peers yet; without Liqo, say nothing
+					fmt.Fprintln(log, "no Liqo Configurations in this cluster yet: no NetworkPolicy for the proxy (--network-policy=auto); re-run install after peering")
+				}
 				break
 			}
 			fmt.Fprintf(log, "--network-policy=true without Liqo peers (%v): the proxy port is open to this namespace and --allow-source only\n", err)

@@ -28,7 +28,7 @@ type Peer struct {
 func Peers(ctx context.Context, c *Cluster) ([]Peer, error) {
 	list, err := c.Dynamic.Resource(ConfigurationResource).List(ctx, metav1.ListOptions{})
 	if apierrors.IsNotFound(err) || err == nil && len(list.Items) == 0 {
-		if nsErr := servedError(c, ConfigurationResource, "Configuration", "(--relay needs Liqo's network Configurations)"); nsErr != nil {
+		if nsErr := servedError(c, ConfigurationResource, "Configuration", "(install --relay and --network-policy read Liqo's network Configurations)"); nsErr != nil {
 			return nil, nsErr
 		}
 	}
@@ -36,7 +36,7 @@ func Peers(ctx context.Context, c *Cluster) ([]Peer, error) {
 		return nil, fmt.Errorf("listing Configurations in %s: %w", c.Name, err)
 	}
 	if len(list.Items) == 0 {
-		return nil, fail(ErrNoConfiguration, "no Configuration in %s: this cluster has no Liqo peers to relay to", c.Name)
+		return nil, fail(ErrNoConfiguration, "no Configuration in %s: this cluster has no Liqo peers", c.Name)
 	}
 	var peers []Peer
 	for i := range list.Items {

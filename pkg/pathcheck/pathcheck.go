@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -376,6 +377,9 @@ func apiHops(ctx context.Context, in Input, dial func(context.Context) (net.Conn
 	user := "the current user"
 	if cfg.Impersonate.UserName != "" {
 		user = "user " + cfg.Impersonate.UserName + " (impersonated)"
+	} else if ssr, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{}); err == nil && ssr.Status.UserInfo.Username != "" {
+		// Name the user when the API server says who we are (a nicety: older servers lack it).
+		user = "user " + ssr.Status.UserInfo.Username
 	}
 	obj := "list namespaces (SelfSubjectAccessReview)"
 	ssar, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{

@@ -101,6 +101,14 @@ func TestCheck(t *testing.T) {
 				t.Errorf("hop %s: %q lacks %q", h, lines[h], w)
 			}
 		}
+		if !strings.Contains(lines["access"], "user admin-cl02 may list namespaces") {
+			t.Errorf("access hop does not name the user: %q", lines["access"])
+		}
+		// connect says which IP object and proxy it used, like get-ip.
+		if r := s.plugin(t, "connect", "--remote", "cl01", "--print-kubeconfig"); r.err != nil ||
+			!strings.Contains(r.stderr, "using IP liqo/api-server-proxy in cl02") || !strings.Contains(r.stderr, "Liqo's own API server proxy") {
+			t.Errorf("connect stderr %q (err %v): want the IP object and proxy used", r.stderr, r.err)
+		}
 		r = s.plugin(t, append(check, "-o", "json")...)
 		var rep pathcheck.Report
 		if r.err != nil || json.Unmarshal([]byte(r.stdout), &rep) != nil || !rep.OK || len(rep.Hops) != len(hopOrder) || rep.ProxyURL != "http://"+s.ProxyAddr {

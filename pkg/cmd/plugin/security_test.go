@@ -198,7 +198,21 @@ func TestInstallWhoMayTunnel(t *testing.T) {
 		t.Errorf("auth ClusterRoleBinding after going back to auth none: %v", err)
 	}
 
-	// 6. Bad input: clear errors, nothing applied.
+	// 6. uninstall removes the NetworkPolicy and the ClusterRoleBinding with the rest.
+	if _, errOut, err := runApiproxy(t, kc, "install", "--auth", "tokenreview"); err != nil {
+		t.Fatalf("install: %v\n%s", err, errOut)
+	}
+	if _, errOut, err := runApiproxy(t, kc, "uninstall"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, errOut)
+	}
+	if _, err := cs.NetworkingV1().NetworkPolicies(ns).Get(ctx, "apiproxy-proxy", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("NetworkPolicy after uninstall: %v", err)
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Get(ctx, install.AuthBindingName(ns), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("auth ClusterRoleBinding after uninstall: %v", err)
+	}
+
+	// 7. Bad input: clear errors.
 	for args, want := range map[string][]string{
 		`--network-policy "maybe"`:                {"install", "--network-policy", "maybe"},
 		`--allow-source "10.1.2.3" is not a CIDR`: {"install", "--allow-source", "10.1.2.3"},

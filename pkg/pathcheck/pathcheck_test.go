@@ -1,0 +1,59 @@
+package pathcheck
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/apiproxy/apiproxy/pkg/connect"
+	"github.com/apiproxy/apiproxy/test/testnet"
+)
+
+func target(t *testing.T) *connect.Target {
+	t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["c"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:6443", InsecureSkipTLSVerify: true}
+	cfg.AuthInfos["u"] = &clientcmdapi.AuthInfo{}
+	cfg.Contexts["c"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "u"}
+	cfg.CurrentContext = "c"
+	tg, err := connect.NewTarget(*cfg, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tg
+}
+
+// With --proxy-url the Liqo hops are skipped (not failures); a proxy answering 407 fails the
+// connect hop with the explanation, and every later hop is SKIP, not tried.
+func TestRunStopsAtTheFailingHop(t *testing.T) {
+	addr := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		_, _ = bufio.NewReader(c).ReadString('\n')
+		_, _ = c.Write([]byte("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Bearer\r\nContent-Length: 0\r\n\r\n"))
+	})
+	in := Input{ProxyURL: "http://" + addr, Target: target(t), REST: &rest.Config{Host: "https://127.0.0.1:6443"}, DialTimeout: 5 * time.Second}
+	r := Run(context.Background(), in)
+	if r.OK {
+		t.Fatalf("report OK with a 407: %+v", r.Hops)
+	}
+	want := map[string]Status{"liqo": Skip, "ip": Skip, "configuration": Skip, "address": OK, "tcp": OK, "connect": Fail, "tls": Skip, "readyz": Skip, "access": Skip}
+	if len(r.Hops) != len(want) {
+		t.Fatalf("%d hops: %+v", len(r.Hops), r.Hops)
+	}
+	for _, h := range r.Hops {
+		if h.Status != want[h.Hop] {
+			t.Errorf("hop %s: %s, want %s", h.Hop, h.Status, want[h.Hop])
+		}
+		if h.Hop == "connect" && (!strings.Contains(h.Detail, "407") || !strings.Contains(h.Fix, "--auth tokenreview")) {
+			t.Errorf("connect hop %+v: want the 407 explained", h)
+		}
+		if h.Hop == "tls" && !strings.HasPrefix(h.Detail, "not tried") {
+			t.Errorf("tls hop %+v: want not tried", h)
+		}
+	}
+}
