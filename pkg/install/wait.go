@@ -290,6 +290,9 @@ func judge(ref workloadRef, obj *unstructured.Unstructured, pods []*corev1.Pod, 
 		s.message = s.failed.Error()
 	}
 	if s.done {
+		if desired, found, _ := unstructured.NestedInt64(uo.Object, "status", "desiredNumberScheduled"); ref.Kind == "DaemonSet" && found && desired == 0 {
+			s.message += " (but on no node: none is registered, or every node is excluded)"
+		}
 		return s
 	}
 	if uo.GetGeneration() > observedGeneration(uo) {
