@@ -65,7 +65,8 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 	defer tick.Stop()
 	var states []workloadState
 	for {
-		if err := w.lastError(); apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+		// Refused before the first list completed: no retry will change that.
+		if err := w.lastError(); !w.synced() && (apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err)) {
 			return fmt.Errorf("--wait cannot watch the agents' workloads, pods and events in namespace %s: %w", namespace, err)
 		}
 		if w.synced() {
@@ -86,7 +87,9 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 			if failed := failedStates(states); len(failed) > 0 {
 				// The events' watch may lag the pods' watch: read them afresh for the verdict.
 				if events, err := freshEvents(context.WithoutCancel(ctx), c, namespace); err == nil {
-					failed = failedStates(w.evaluateWith(events, roles, start, time.Now()))
+					if again := failedStates(w.evaluateWith(events, roles, start, time.Now())); len(again) > 0 {
+						failed = again
+					}
 				}
 				// Logs through the kubelet: outside the wait's deadline, each read bounded on its own.
 				for i := range failed {
