@@ -69,6 +69,7 @@ type values struct {
 	SetupIPTables                                    bool
 	ProxyArgs, NodeInitArgs, NodeArgs, NodeProxyArgs []string
 	WebhookArgs                                      []string
+	UpstreamHost, UpstreamPort                       string
 	NodeSecurityContext                              map[string]any
 	WebhookCertDir, CASecretName, TLSSecretName      string
 	WebhookConfigName, LiqoNamespace, ProxyClusterIP string
@@ -119,6 +120,9 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 	}
 	if o.Has(RoleNode) || in.NodeRoleInstalled {
 		v.PodSecurity = "privileged"
+	}
+	if o.Upstream != "" {
+		v.UpstreamHost, v.UpstreamPort, _ = net.SplitHostPort(o.Upstream)
 	}
 	if o.Has(RoleWebhook) {
 		if in.Certs == nil {

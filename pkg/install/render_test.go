@@ -207,6 +207,13 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 		if i := slices.Index(sidecar.Args, "--cleanup-when-owner-deleted"); i < 0 || sidecar.Args[i+1] != DefaultNamespace+"/apiproxy-node" || slices.Contains(sidecar.Args, "--cleanup") {
 			t.Errorf("sidecar args = %v, want --cleanup-when-owner-deleted %s/apiproxy-node and no --cleanup", sidecar.Args, DefaultNamespace)
 		}
+		env := map[string]string{}
+		for _, e := range sidecar.Env {
+			env[e.Name] = e.Value
+		}
+		if env["KUBERNETES_SERVICE_HOST"] != "192.168.1.10" || env["KUBERNETES_SERVICE_PORT"] != "6443" {
+			t.Errorf("with --upstream the owner check must reach the API server there, not through kube-proxy: env %v", sidecar.Env)
+		}
 		if slices.Contains(init.Args, "--cleanup-when-owner-deleted") {
 			t.Errorf("init args = %v: a one-shot sync must not clean up", init.Args)
 		}

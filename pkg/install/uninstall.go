@@ -98,7 +98,7 @@ func waitNodePodsGone(ctx context.Context, c *Client, namespace string, ds *unst
 			slices.Sort(left)
 			if len(left) == 0 {
 				if printed != "" {
-					fmt.Fprintf(log, "the node role's pods are gone after %s: their nodes no longer hold %s\n", time.Since(start).Round(time.Second), ip)
+					fmt.Fprintf(log, "the node role's pods are gone after %s (each removed %s from its node on the way out, unless it could not reach the API server)\n", time.Since(start).Round(time.Second), ip)
 				}
 				return nil
 			}

@@ -65,7 +65,8 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 	defer tick.Stop()
 	var states []workloadState
 	for {
-		if err := w.lastError(); apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+		// Refused before the first list completed: no retry will change that.
+		if err := w.lastError(); !w.synced() && (apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err)) {
 			return fmt.Errorf("--wait cannot watch the agents' workloads, pods and events in namespace %s: %w", namespace, err)
 		}
 		if w.synced() {
@@ -86,7 +87,9 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 			if failed := failedStates(states); len(failed) > 0 {
 				// The events' watch may lag the pods' watch: read them afresh for the verdict.
 				if events, err := freshEvents(context.WithoutCancel(ctx), c, namespace); err == nil {
-					failed = failedStates(w.evaluateWith(events, roles, start, time.Now()))
+					if again := failedStates(w.evaluateWith(events, roles, start, time.Now())); len(again) > 0 {
+						failed = again
+					}
 				}
 				// Logs through the kubelet: outside the wait's deadline, each read bounded on its own.
 				for i := range failed {
@@ -290,6 +293,9 @@ func judge(ref workloadRef, obj *unstructured.Unstructured, pods []*corev1.Pod, 
 		s.message = s.failed.Error()
 	}
 	if s.done {
+		if desired, found, _ := unstructured.NestedInt64(uo.Object, "status", "desiredNumberScheduled"); ref.Kind == "DaemonSet" && found && desired == 0 {
+			s.message += " (but on no node: none is registered, or every node is excluded)"
+		}
 		return s
 	}
 	if uo.GetGeneration() > observedGeneration(uo) {
@@ -297,9 +303,71 @@ func judge(ref workloadRef, obj *unstructured.Unstructured, pods []*corev1.Pod, 
 	}
 	s.problems = append(s.problems, diagnose.Controller(ref.Kind, ref.Name, events, since)...)
 	for _, p := range pods {
-		s.problems = append(s.problems, diagnose.Pod(p, events, now)...)
+		probs := diagnose.Pod(p, events, now)
+		// Pods being replaced, or whose trouble was seen only before `since` (a previous install),
+		// are reported but do not end the wait: re-running install after a fix must not fail on
+		// what the fix is about to replace.
+		why := ""
+		switch {
+		case !runsTemplate(p, uo):
+			why = "an old pod, being replaced"
+		case p.CreationTimestamp.Time.Before(since.Add(-time.Second)) && !troubleSince(p, events, since):
+			why = "from before this wait; waiting to see it again"
+		}
+		for i := range probs {
+			if why != "" && probs[i].Fatal {
+				probs[i].Fatal = false
+				probs[i].Message = strings.TrimSpace(probs[i].Message + " (" + why + ")")
+			}
+		}
+		s.problems = append(s.problems, probs...)
 	}
 	return s
+}
+
+// runsTemplate says whether the pod runs the workload's current containers (names, images and
+// arguments): what a fix of --image or of a flag changes.
+func runsTemplate(pod *corev1.Pod, workload *unstructured.Unstructured) bool {
+	for _, field := range []string{"initContainers", "containers"} {
+		want, _, _ := unstructured.NestedSlice(workload.Object, "spec", "template", "spec", field)
+		have := pod.Spec.Containers
+		if field == "initContainers" {
+			have = pod.Spec.InitContainers
+		}
+		for _, w := range want {
+			m, _ := w.(map[string]any)
+			args, _, _ := unstructured.NestedStringSlice(m, "args")
+			i := slices.IndexFunc(have, func(c corev1.Container) bool { return c.Name == m["name"] })
+			if i < 0 || have[i].Image != m["image"] || !slices.Equal(have[i].Args, args) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// troubleSince says whether the pod's trouble shows after since: a warning event about it, or a
+// container that stopped.
+func troubleSince(pod *corev1.Pod, events []corev1.Event, since time.Time) bool {
+	for _, e := range events {
+		last := e.LastTimestamp.Time
+		if e.Series != nil {
+			last = e.Series.LastObservedTime.Time
+		} else if last.IsZero() {
+			last = e.EventTime.Time
+		}
+		if e.InvolvedObject.UID == pod.UID && e.Type == corev1.EventTypeWarning && !last.Before(since.Add(-time.Second)) {
+			return true
+		}
+	}
+	for _, cs := range append(slices.Clone(pod.Status.InitContainerStatuses), pod.Status.ContainerStatuses...) {
+		for _, t := range []*corev1.ContainerStateTerminated{cs.State.Terminated, cs.LastTerminationState.Terminated} {
+			if t != nil && !t.FinishedAt.Time.Before(since.Add(-time.Second)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // freshEvents lists the namespace's events with one bounded request.

@@ -61,7 +61,11 @@ func newNodeCommand(_, errOut io.Writer) *cobra.Command {
 		Long: `Puts --ip-address as /32 (IPv4) or /128 (IPv6) on --interface, creating it as a dummy device when
 it does not exist, and removes the same IP from every other interface. With --setup-iptables it also
 keeps five rules (raw NOTRACK both ways, filter ACCEPT) for --port. As a daemon it re-syncs every
---sync-interval and at once when the kernel reports an address or link change.`,
+--sync-interval and at once when the kernel reports an address or link change.
+
+On SIGTERM it leaves everything in place (the next agent takes over without a gap), unless --cleanup
+(always remove) or --cleanup-when-owner-deleted NAMESPACE/NAME (remove only when that DaemonSet is
+gone or being deleted, i.e. uninstalled; keep when it exists or the API server cannot answer).`,
 		Example: `  agent node --ip-address 10.96.0.2 --interface apiproxy0 --setup-iptables --cleanup
   agent node --ip-address 10.96.0.2 --daemon=false    # init container: one sync, then exit
   agent node --ip-address 10.96.0.2 --interface apiproxy0 --cleanup-when-owner-deleted apiproxy-system/apiproxy-node`,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netns"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -91,12 +92,12 @@ func apiServerInNetns(t *testing.T, ns, server string) string {
 	return l.Addr().String()
 }
 
-// saKubeconfig writes a kubeconfig for server authenticated as the node role's service account with
-// a token from the TokenRequest API, as the projected volume would hold.
-func saKubeconfig(t *testing.T, cs kubernetes.Interface, cl *harness.Cluster, namespace, server string) string {
+// saKubeconfig writes a kubeconfig for server authenticated as service account sa with a token from
+// the TokenRequest API, as the projected volume would hold.
+func saKubeconfig(t *testing.T, cs kubernetes.Interface, cl *harness.Cluster, namespace, sa, server string) string {
 	t.Helper()
 	exp := int64(3600)
-	tr, err := cs.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), "apiproxy-node",
+	tr, err := cs.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), sa,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +163,7 @@ func TestNodeCleanupWhenOwnerDeleted(t *testing.T) {
 		return false, ""
 	}
 	viaAPIServer := func(nsName string) string {
-		return saKubeconfig(t, cs, cl, ns, apiServerInNetns(t, nsName, cl.Server))
+		return saKubeconfig(t, cs, cl, ns, "apiproxy-node", apiServerInNetns(t, nsName, cl.Server))
 	}
 
 	t.Run("owner exists: rolling update or restart keeps everything", func(t *testing.T) {
@@ -181,10 +182,22 @@ func TestNodeCleanupWhenOwnerDeleted(t *testing.T) {
 			}
 			addr := l.Addr().String()
 			_ = l.Close()
-			return saKubeconfig(t, cs, cl, ns, addr)
+			return saKubeconfig(t, cs, cl, ns, "apiproxy-node", addr)
 		})
 		if !kept || !strings.Contains(logs, "cannot tell whether the owner was deleted") {
 			t.Errorf("kept=%v, want the address kept (safe default):\n%s", kept, logs)
+		}
+	})
+
+	t.Run("no permission: keeps everything", func(t *testing.T) {
+		if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "stranger"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		kept, logs := run(t, "10.96.0.26", func(nsName string) string {
+			return saKubeconfig(t, cs, cl, ns, "stranger", apiServerInNetns(t, nsName, cl.Server))
+		})
+		if !kept || !strings.Contains(logs, "cannot tell whether the owner was deleted") || !strings.Contains(logs, "forbidden") {
+			t.Errorf("kept=%v, want the address kept when the API server refuses the question:\n%s", kept, logs)
 		}
 	})
 

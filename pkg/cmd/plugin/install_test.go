@@ -234,6 +234,13 @@ func TestInstallLifecycle(t *testing.T) {
 	if after := w.resourceVersions(t, expected); !mapsEqual(before, after) {
 		t.Error("install --dry-run=server changed objects")
 	}
+	// The node role with --upstream (its sidecar then asks the API server there): valid for the API server too.
+	if _, errOut, err := runApiproxy(t, kc, "install", "--roles", "proxy,node", "--upstream", "192.168.1.10:6443", "--setup-iptables", "--dry-run=server"); err != nil {
+		t.Errorf("install --roles proxy,node --upstream --dry-run=server: %v\n%s", err, errOut)
+	}
+	if after := w.resourceVersions(t, expected); !mapsEqual(before, after) {
+		t.Error("install --dry-run=server changed objects")
+	}
 	_, _, err = runApiproxy(t, kc, "install", "-n", "not-there-yet", "--dry-run=server")
 	if err == nil || !strings.Contains(err.Error(), "--dry-run=client") {
 		t.Errorf("server dry run into a missing namespace: err = %v, want a hint", err)

@@ -100,12 +100,14 @@ func rollout(t *testing.T, cs kubernetes.Interface, ns, kind, name string, avail
 func agentPod(t *testing.T, cs kubernetes.Interface, ns, name string, status corev1.PodStatus, events ...corev1.Event) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
-	no := false
+	d, err := cs.AppsV1().Deployments(ns).Get(ctx, "apiproxy-proxy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The Deployment's pod template, as its ReplicaSet would stamp it out.
 	pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
-			install.LabelPartOf: install.PartOf, install.LabelInstallNamespace: ns, install.LabelComponent: "proxy"}},
-		Spec: corev1.PodSpec{ServiceAccountName: "apiproxy-proxy", AutomountServiceAccountToken: &no,
-			Containers: []corev1.Container{{Name: "proxy", Image: "registry.example/agent:missing"}}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: d.Spec.Template.Labels},
+		Spec:       d.Spec.Template.Spec,
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
