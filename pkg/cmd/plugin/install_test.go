@@ -96,6 +96,8 @@ func (w *installWorld) countLabelled(t *testing.T) (n int, names []string) {
 		{Version: "v1", Kind: "Service"}, {Version: "v1", Kind: "Secret"}, {Version: "v1", Kind: "ServiceAccount"},
 		{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"},
 		{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "MutatingWebhookConfiguration"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"},
 	}
 	if served, _ := w.c.IPCRDServed(); served {
 		kinds = append(kinds, schema.GroupVersionKind{Group: "ipam.liqo.io", Version: "v1alpha1", Kind: "IP"})
@@ -159,8 +161,8 @@ func TestInstallLifecycle(t *testing.T) {
 		t.Fatalf("dry run: %v\n%s", err, dryErr)
 	}
 	expected := decodeYAMLStream(t, dryYAML)
-	if len(expected) != 14 {
-		t.Errorf("dry run printed %d objects, want 14 (namespace, 4 proxy, 2 node, 7 webhook)", len(expected))
+	if len(expected) != 16 {
+		t.Errorf("dry run printed %d objects, want 16 (namespace, 4 proxy, 2 node, 9 webhook)", len(expected))
 	}
 	if n, names := w.countLabelled(t); n != 0 {
 		t.Fatalf("a client dry run created %v", names)
