@@ -51,6 +51,12 @@ type Client struct {
 
 // NewClient builds a Client from a REST config.
 func NewClient(cfg *rest.Config) (*Client, error) {
+	// Status and --wait list every managed kind on each poll: at client-go's default 5 QPS the
+	// rate limiter, not the cluster, would decide how long a short --timeout lasts.
+	if cfg.QPS == 0 && cfg.RateLimiter == nil {
+		cfg = rest.CopyConfig(cfg)
+		cfg.QPS, cfg.Burst = 50, 100
+	}
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -99,6 +99,7 @@ func (w *installWorld) countLabelled(t *testing.T) (n int, names []string) {
 		{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "MutatingWebhookConfiguration"},
 		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"}, {Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"},
 		{Group: "networking.k8s.io", Version: "v1", Kind: "NetworkPolicy"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"},
 		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"},
 	}
 	if served, _ := w.c.IPCRDServed(); served {
@@ -163,8 +164,8 @@ func TestInstallLifecycle(t *testing.T) {
 		t.Fatalf("dry run: %v\n%s", err, dryErr)
 	}
 	expected := decodeYAMLStream(t, dryYAML)
-	if len(expected) != 16 {
-		t.Errorf("dry run printed %d objects, want 16 (namespace, 4 proxy, 4 node, 7 webhook)", len(expected))
+	if len(expected) != 18 {
+		t.Errorf("dry run printed %d objects, want 18 (namespace, 4 proxy, 4 node, 9 webhook)", len(expected))
 	}
 	if n, names := w.countLabelled(t); n != 0 {
 		t.Fatalf("a client dry run created %v", names)
