@@ -153,7 +153,7 @@ func (s *Server) serve(l net.Listener, handle func(net.Conn)) error {
 			c.Close()
 			continue
 		}
-		tunnel.Go(func() { handle(c) })
+		go handle(c)
 	}
 }
 

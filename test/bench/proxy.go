@@ -783,6 +783,9 @@ func pathTable(title string, ag *proc, others []*proc, ms []metric, res map[stri
 	}
 	t.Header = append(t.Header, "agent ÷ best peer", "target", "holds")
 	for _, m := range ms {
+		if len(res[ag.name][m.name]) == 0 {
+			continue // not measured (-measure)
+		}
 		row := []string{m.name, fmt.Sprintf(m.format, median(res[ag.name][m.name]))}
 		a := median(res[ag.name][m.name])
 		best, bestName := 0.0, ""
