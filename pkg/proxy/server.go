@@ -189,7 +189,7 @@ func (s *Server) serve(l net.Listener, kind string, handle func(net.Conn)) error
 			c.Close()
 			continue
 		}
-		tunnel.Go(func() { handle(c) })
+		go handle(c)
 	}
 }
 

@@ -28,6 +28,8 @@ type proc struct {
 	connect string // the CONNECT authority to ask for; "" on the transparent path
 	pid     int
 	stop    func()
+	// profiled: an in-process agent under -profile; SIGUSR1 makes it write a heap profile.
+	profiled bool
 }
 
 // peerSpec describes one Debian-packaged peer.

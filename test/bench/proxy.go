@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strings"
@@ -105,6 +106,7 @@ func runMinimalRelay(upstream string) {
 // the profiles are written.
 func runProfiledAgent() int {
 	prefix := os.Getenv("APIPROXY_BENCH_PROFILE")
+	runtime.MemProfileRate = 256 // fine enough to see what one idle tunnel holds
 	cpu, err := os.Create(prefix + ".cpu.pprof")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -123,6 +125,7 @@ func runProfiledAgent() int {
 	go func() {
 		for range sig {
 			if f, err := os.Create(prefix + ".heap.pprof"); err == nil {
+				runtime.GC() // the profile shows the heap as of the last GC: make that now
 				_ = pprof.WriteHeapProfile(f)
 				f.Close()
 			}
@@ -405,6 +408,10 @@ func idleRSS(p *proc, n int) (float64, error) {
 			return 0, err
 		}
 	}
+	if p.profiled {
+		_ = syscall.Kill(p.pid, syscall.SIGUSR1) // heap profile with the idle tunnels open
+		time.Sleep(200 * time.Millisecond)
+	}
 	return (after - before) / float64(n), nil
 }
 
@@ -487,7 +494,11 @@ func startAgent(bin, name, profileName, listen string, args ...string) (*proc, e
 	cmd.Env = append(os.Environ(), benchChildEnv+"=agent", "APIPROXY_BENCH_ARGS="+strings.Join(args, "\x1f"),
 		"APIPROXY_BENCH_PROFILE="+filepath.Join(*proxyProfile, profileName))
 	cmd.Env = append(cmd.Env, env...)
-	return startGoChild(name, cmd, listen)
+	p, err := startGoChild(name, cmd, listen)
+	if p != nil {
+		p.profiled = true
+	}
+	return p, err
 }
 
 // buildAgentAt builds cmd/agent as it was at git revision rev, into dir.
@@ -722,12 +733,6 @@ func runProxyBench() ([]Table, error) {
 		}
 		add(p, mRSS, v)
 	}
-	if *proxyProfile != "" {
-		for _, p := range []*proc{ag, agTCP} {
-			_ = syscall.Kill(p.pid, syscall.SIGUSR1) // heap profile (idle tunnels are closed by now)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 
 	atLeast := func(x float64) func(r, a float64) bool { return func(r, _ float64) bool { return r >= x } }
 	atMost := func(x float64) func(r, a float64) bool { return func(r, _ float64) bool { return r <= x } }
@@ -778,6 +783,9 @@ func pathTable(title string, ag *proc, others []*proc, ms []metric, res map[stri
 	}
 	t.Header = append(t.Header, "agent ÷ best peer", "target", "holds")
 	for _, m := range ms {
+		if len(res[ag.name][m.name]) == 0 {
+			continue // not measured (-measure)
+		}
 		row := []string{m.name, fmt.Sprintf(m.format, median(res[ag.name][m.name]))}
 		a := median(res[ag.name][m.name])
 		best, bestName := 0.0, ""
