@@ -211,6 +211,11 @@ func start(cl harness.Cleaner, logf func(string, ...any), teardownErr func(error
 	if err := Teardown(nodeAssets); err != nil {
 		return nil, fmt.Errorf("cleaning up an earlier real-node run: %w", err)
 	}
+	// Teardown kills every process of the kubepods cgroups: never run next to a kubelet of this
+	// machine's own.
+	if dirs := kubepodsDirs(); len(dirs) > 0 {
+		return nil, fmt.Errorf("another kubelet's cgroups exist on this machine (%s): the real-node cluster does not run next to it", strings.Join(dirs, ", "))
+	}
 	cl.Cleanup(func() {
 		start := time.Now()
 		if err := Teardown(nodeAssets); err != nil {
