@@ -214,7 +214,7 @@ func start(cl harness.Cleaner, logf func(string, ...any), teardownErr func(error
 	// Teardown kills every process of the kubepods cgroups: never run next to a kubelet of this
 	// machine's own.
 	if dirs := kubepodsDirs(); len(dirs) > 0 {
-		return nil, fmt.Errorf("another kubelet's cgroups exist on this machine (%s): the real-node cluster does not run next to it", strings.Join(dirs, ", "))
+		return nil, fmt.Errorf("kubepods cgroups exist on this machine (%s) that no real-node run recorded: another kubelet runs here, or a teardown failed; the cluster does not start next to them (check, then remove the empty cgroups with rmdir)", strings.Join(dirs, ", "))
 	}
 	cl.Cleanup(func() {
 		start := time.Now()
