@@ -10,15 +10,17 @@ import (
 // Ranges that could send the node's traffic somewhere real are refused before anything is set up,
 // with the option to change in the message.
 func TestPlanNetworkRefusesUnsafeRanges(t *testing.T) {
-	base := Options{}
+	// Documentation ranges, so the cases do not depend on what this machine (or a running real-node
+	// cluster) uses.
+	base := Options{PodCIDR: "198.51.100.0/24", ServiceCIDR: "203.0.113.0/24", LocalCIDR: "198.18.0.0/24"}
 	base.defaults()
 	cases := map[string]struct {
 		mutate func(*Options)
 		want   string
 	}{
-		"not a CIDR":     {func(o *Options) { o.PodCIDR = "10.244.0.1" }, "Options.PodCIDR"},
+		"not a CIDR":     {func(o *Options) { o.PodCIDR = "198.51.100.1" }, "Options.PodCIDR"},
 		"IPv6":           {func(o *Options) { o.ServiceCIDR = "fd00:96::/112" }, "Options.ServiceCIDR"},
-		"ranges overlap": {func(o *Options) { o.LocalCIDR = "10.96.0.128/25" }, "overlaps"},
+		"ranges overlap": {func(o *Options) { o.LocalCIDR = "203.0.113.128/25" }, "overlaps"},
 	}
 	// A range holding this machine's own route (e.g. the default interface's subnet).
 	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)

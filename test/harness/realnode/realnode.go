@@ -34,6 +34,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -194,13 +195,48 @@ func StartWith(cl harness.Cleaner, logf func(format string, args ...any), assets
 	return start(cl, logf, func(err error) { logf("real-node teardown: %v", err) }, assets, nodeAssets, opts)
 }
 
+// machineLock records that this process holds LockFile through Lock, so Start does not wait for itself.
+var machineLock struct {
+	sync.Mutex
+	held int
+}
+
+// InheritedLockEnv, set to 1, tells a child process that its parent holds LockFile for it (a test
+// that starts a cluster in a child process it then kills).
+const InheritedLockEnv = "APIPROXY_REALNODE_LOCK_HELD"
+
+// Lock takes the machine-wide real-node lock (LockFile) until the test ends, for tests that look at
+// the machine before and after a cluster and must not see another package's cluster. Start, called
+// while it is held, does not take it again: do not run such tests in parallel.
+func Lock(t testing.TB) {
+	t.Helper()
+	unlock, err := lock(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	machineLock.Lock()
+	machineLock.held++
+	machineLock.Unlock()
+	t.Cleanup(func() {
+		machineLock.Lock()
+		machineLock.held--
+		machineLock.Unlock()
+		unlock()
+	})
+}
+
 func start(cl harness.Cleaner, logf func(string, ...any), teardownErr func(error), assets, nodeAssets string, opts Options) (*Cluster, error) {
 	opts.defaults()
-	unlock, err := lock(logf)
-	if err != nil {
-		return nil, err
+	machineLock.Lock()
+	held := machineLock.held > 0 || os.Getenv(InheritedLockEnv) == "1"
+	machineLock.Unlock()
+	if !held {
+		unlock, err := lock(logf)
+		if err != nil {
+			return nil, err
+		}
+		cl.Cleanup(unlock)
 	}
-	cl.Cleanup(unlock)
 
 	c := &Cluster{
 		NodeName: opts.NodeName, PodCIDR: opts.PodCIDR, ServiceCIDR: opts.ServiceCIDR, LocalCIDR: opts.LocalCIDR,
