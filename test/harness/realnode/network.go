@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -265,19 +264,19 @@ func tearDownNetwork() error {
 }
 
 // lock takes LockFile, waiting while another process holds it, and returns its release.
-func lock(t testing.TB) (func(), error) {
+func lock(logf func(string, ...any)) (func(), error) {
 	f, err := os.OpenFile(LockFile, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		t.Logf("another real-node cluster runs on this machine (%s is locked): waiting", LockFile)
+		logf("another real-node cluster runs on this machine (%s is locked): waiting", LockFile)
 		start := time.Now()
 		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("locking %s: %w", LockFile, err)
 		}
-		t.Logf("waited %s for the other real-node cluster", time.Since(start).Round(time.Second))
+		logf("waited %s for the other real-node cluster", time.Since(start).Round(time.Second))
 	}
 	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }

@@ -34,6 +34,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,8 +78,8 @@ type Options struct {
 	// addresses a test puts on the node itself, such as the node agent's --node-ip (default
 	// 10.97.0.0/24).
 	LocalCIDR string
-	// Images are extra image archives imported into containerd before Start returns (the pause and
-	// app images are always imported).
+	// Images are image archives imported into containerd before the cluster starts. Start adds the
+	// pause and app images itself; StartWith needs the pause image among them.
 	Images []string
 }
 
@@ -170,45 +171,105 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if os.Geteuid() != 0 {
 		t.Skip("the real-node cluster needs root (kubelet, containerd, bridge, iptables): run the tests as root, as CI does")
 	}
-	opts.defaults()
 	assets := harness.AssetsDir(t)
 	nodeAssets := NodeAssetsDir(t)
-	pause, pauseTar := harness.PauseImage(t)
-	app, appTar := harness.AppImage(t)
-
-	unlock, err := lock(t)
+	_, pauseTar := harness.PauseImage(t)
+	_, appTar := harness.AppImage(t)
+	opts.Images = append([]string{pauseTar, appTar}, opts.Images...)
+	c, err := start(t, t.Logf, func(err error) { t.Errorf("real-node teardown: %v", err) }, assets, nodeAssets, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(unlock)
+	return c
+}
+
+// StartWith starts the cluster outside a test (e.g. `make demo`, with a harness.Teardown whose Run
+// tears it down). It must run as root; assets and nodeAssets are the directories of
+// hack/test-assets.sh --dir and --node-dir, and opts.Images must hold an archive of the pause image
+// named harness.PauseImageRef (the sandbox image containerd is pinned to). Cluster.AppImage is
+// harness.AppImageRef, usable when its archive is among opts.Images too.
+func StartWith(cl harness.Cleaner, logf func(format string, args ...any), assets, nodeAssets string, opts Options) (*Cluster, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("the real-node cluster needs root (kubelet, containerd, bridge, iptables)")
+	}
+	return start(cl, logf, func(err error) { logf("real-node teardown: %v", err) }, assets, nodeAssets, opts)
+}
+
+// machineLock records that this process holds LockFile through Lock, so Start does not wait for itself.
+var machineLock struct {
+	sync.Mutex
+	held int
+}
+
+// InheritedLockEnv, set to 1, tells a child process that its parent holds LockFile for it (a test
+// that starts a cluster in a child process it then kills).
+const InheritedLockEnv = "APIPROXY_REALNODE_LOCK_HELD"
+
+// Lock takes the machine-wide real-node lock (LockFile) until the test ends, for tests that look at
+// the machine before and after a cluster and must not see another package's cluster. Start, called
+// while it is held, does not take it again: do not run such tests in parallel.
+func Lock(t testing.TB) {
+	t.Helper()
+	unlock, err := lock(t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	machineLock.Lock()
+	machineLock.held++
+	machineLock.Unlock()
+	t.Cleanup(func() {
+		machineLock.Lock()
+		machineLock.held--
+		machineLock.Unlock()
+		unlock()
+	})
+}
+
+func start(cl harness.Cleaner, logf func(string, ...any), teardownErr func(error), assets, nodeAssets string, opts Options) (*Cluster, error) {
+	opts.defaults()
+	machineLock.Lock()
+	held := machineLock.held > 0 || os.Getenv(InheritedLockEnv) == "1"
+	machineLock.Unlock()
+	if !held {
+		unlock, err := lock(logf)
+		if err != nil {
+			return nil, err
+		}
+		cl.Cleanup(unlock)
+	}
 
 	c := &Cluster{
 		NodeName: opts.NodeName, PodCIDR: opts.PodCIDR, ServiceCIDR: opts.ServiceCIDR, LocalCIDR: opts.LocalCIDR,
-		Kubectl: filepath.Join(assets, "kubectl"), PauseImage: pause, AppImage: app,
+		Kubectl: filepath.Join(assets, "kubectl"), PauseImage: harness.PauseImageRef, AppImage: harness.AppImageRef,
 		assets: assets, nodeAssets: nodeAssets,
 	}
 	// A killed earlier run leaves processes, mounts, rules and links: clear them before anything.
 	if err := Teardown(nodeAssets); err != nil {
-		t.Fatalf("cleaning up an earlier real-node run: %v", err)
+		return nil, fmt.Errorf("cleaning up an earlier real-node run: %w", err)
 	}
-	t.Cleanup(func() {
+	// Teardown kills every process of the kubepods cgroups: never run next to a kubelet of this
+	// machine's own.
+	if dirs := kubepodsDirs(); len(dirs) > 0 {
+		return nil, fmt.Errorf("kubepods cgroups exist on this machine (%s) that no real-node run recorded: another kubelet runs here, or a teardown failed; the cluster does not start next to them (check, then remove the empty cgroups with rmdir)", strings.Join(dirs, ", "))
+	}
+	cl.Cleanup(func() {
 		start := time.Now()
 		if err := Teardown(nodeAssets); err != nil {
-			t.Errorf("real-node teardown: %v", err)
+			teardownErr(err)
 		}
-		t.Logf("real-node cluster torn down in %s", time.Since(start).Round(10*time.Millisecond))
+		logf("real-node cluster torn down in %s", time.Since(start).Round(10*time.Millisecond))
 	})
 
 	start := time.Now()
-	if err := c.start(t, opts, append([]string{pauseTar, appTar}, opts.Images...)); err != nil {
-		c.dumpLogs(t)
-		t.Fatalf("starting the real-node cluster: %v", err)
+	if err := c.start(opts); err != nil {
+		c.dumpLogs(logf)
+		return nil, fmt.Errorf("starting the real-node cluster: %w", err)
 	}
-	t.Logf("real-node cluster %s up in %s (node IP %s, API server %s)", c.NodeName, time.Since(start).Round(10*time.Millisecond), c.NodeIP, c.Server)
-	return c
+	logf("real-node cluster %s up in %s (node IP %s, API server %s)", c.NodeName, time.Since(start).Round(10*time.Millisecond), c.NodeIP, c.Server)
+	return c, nil
 }
 
-func (c *Cluster) start(t testing.TB, opts Options, archives []string) error {
+func (c *Cluster) start(opts Options) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	nw, err := planNetwork(opts)
@@ -246,7 +307,7 @@ func (c *Cluster) start(t testing.TB, opts Options, archives []string) error {
 	if err := waitFor(ctx, "containerd", func() error { _, err := c.ctr("version"); return err }); err != nil {
 		return err
 	}
-	for _, a := range archives {
+	for _, a := range opts.Images {
 		if err := c.importImage(a); err != nil {
 			return err
 		}
@@ -287,15 +348,14 @@ func (c *Cluster) Log(component string) string {
 }
 
 // dumpLogs puts the end of every component's log into the test output (after a failed start).
-func (c *Cluster) dumpLogs(t testing.TB) {
-	t.Helper()
+func (c *Cluster) dumpLogs(logf func(string, ...any)) {
 	for _, comp := range Components {
 		log := c.Log(comp)
 		if len(log) > 3000 {
 			log = "..." + log[len(log)-3000:]
 		}
 		if log != "" {
-			t.Logf("--- %s log (end) ---\n%s", comp, log)
+			logf("--- %s log (end) ---\n%s", comp, log)
 		}
 	}
 }
@@ -307,7 +367,7 @@ func (c *Cluster) DumpLogsOnFailure(t testing.TB) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.dumpPods(t)
-			c.dumpLogs(t)
+			c.dumpLogs(t.Logf)
 		}
 	})
 }

@@ -34,6 +34,7 @@ func TestRealNodeSmokeAndTeardown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the real-node cluster needs root: run the tests as root, as CI does")
 	}
+	realnode.Lock(t) // no other package's cluster may run while we look at the machine
 	before := snapshot(t)
 	t.Run("smoke", smoke)
 	if t.Failed() {
@@ -54,12 +55,13 @@ func TestKilledRunIsCleanedUp(t *testing.T) {
 	if os.Getenv(holdEnv) != "" {
 		t.Skip("runs only in the parent test")
 	}
+	realnode.Lock(t) // held for the child too, and for the next run
 	before := snapshot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperHoldsCluster$", "-test.v", "-test.count=1")
 	// The child's built binaries land in our temporary directory, which goes when we are done.
-	cmd.Env = append(os.Environ(), holdEnv+"=1", "TMPDIR="+t.TempDir())
+	cmd.Env = append(os.Environ(), holdEnv+"=1", realnode.InheritedLockEnv+"=1", "TMPDIR="+t.TempDir())
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
