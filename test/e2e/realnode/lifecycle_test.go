@@ -18,7 +18,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
 	"github.com/apiproxy/apiproxy/pkg/install"
@@ -38,6 +40,36 @@ func TestProxyRolloutAndUninstallOnRealNode(t *testing.T) {
 	e := &env{c: c, image: ref, nodeIP: c.LocalIP(2)}
 	ctx := context.Background()
 	cs := c.Clientset(t)
+
+	t.Run("install --wait names a pod that cannot pull its image, long before the deadline", func(t *testing.T) {
+		// A registry on loopback where nothing listens: the pull fails at once, and no packet
+		// leaves the machine.
+		const missing = "localhost:1/apiproxy/agent:missing"
+		start := time.Now()
+		out, stderr, err := e.plugin(t, "install", "--roles", "proxy", "--image", missing, "--wait", "--timeout", "4m")
+		took := time.Since(start)
+		if err == nil {
+			t.Fatalf("install --wait with an image that cannot be pulled succeeded:\n%s\n%s", out, stderr)
+		}
+		t.Logf("install --wait failed after %s:\n%s", took.Round(100*time.Millisecond), stderr)
+		for _, want := range []string{"apiproxy-proxy", "container proxy", "hint:"} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("the failure does not name %q", want)
+			}
+		}
+		if !strings.Contains(stderr, "ImagePullBackOff") && !strings.Contains(stderr, "ErrImagePull") {
+			t.Errorf("the failure does not give the kubelet's reason (ImagePullBackOff or ErrImagePull)")
+		}
+		for _, bad := range []string{"rate limiter", "context deadline exceeded"} {
+			if strings.Contains(stderr, bad) {
+				t.Errorf("the failure says %q instead of what is wrong", bad)
+			}
+		}
+		if took > 3*time.Minute {
+			t.Errorf("install --wait took %s: it waited for the deadline instead of saying what is wrong", took)
+		}
+	})
+
 	if out, stderr, err := e.plugin(t, e.installArgs()...); err != nil {
 		t.Fatalf("install: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr)
 	}
@@ -125,8 +157,27 @@ const proxyGrace = 30 * time.Second
 func leftovers(t *testing.T, e *env) []string {
 	t.Helper()
 	var left []string
-	for k := range resourceVersions(t, e.c) {
-		left = append(left, "object "+k)
+	// Every kind an install creates, found by the label every object of ours carries.
+	dc, err := dynamic.NewForConfig(e.c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	selector := install.LabelPartOf + "=" + install.PartOf
+	for _, gvr := range []schema.GroupVersionResource{
+		{Version: "v1", Resource: "serviceaccounts"}, {Version: "v1", Resource: "services"}, {Version: "v1", Resource: "secrets"},
+		{Version: "v1", Resource: "pods"}, {Group: "apps", Version: "v1", Resource: "deployments"}, {Group: "apps", Version: "v1", Resource: "daemonsets"},
+		{Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"}, {Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"}, {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"}, {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "mutatingwebhookconfigurations"},
+	} {
+		l, err := dc.Resource(gvr).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range l.Items {
+			left = append(left, fmt.Sprintf("%s %s/%s", gvr.Resource, o.GetNamespace(), o.GetName()))
+		}
 	}
 	if _, err := e.c.Clientset(t).CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{}); err == nil {
 		left = append(left, "namespace "+ns)
