@@ -169,6 +169,11 @@ func agentsOnRealNode(t *testing.T) (nodeIP string) {
 		if len(rules) != 5 {
 			t.Errorf("%d iptables/ip6tables rules mention %s, want 5:\n%s", len(rules), e.nodeIP, strings.Join(rules, "\n"))
 		}
+		// The image's iptables drives the same backend as the node's (kube-proxy's rules sit there).
+		out, stderr, err := c.RunKubectl(ctx, t, "-n", ns, "logs", "daemonset/apiproxy-node", "-c", "node")
+		if err != nil || !strings.Contains(out+stderr, "nf_tables") {
+			t.Errorf("node agent log does not report the nf_tables backend: err=%v\n%s%s", err, out, stderr)
+		}
 		// Deleted from outside, the address comes back: the agent reacts to the kernel's event.
 		addr, _ := netlink.ParseAddr(e.nodeIP + "/32")
 		if err := netlink.AddrDel(link, addr); err != nil {
