@@ -8,7 +8,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -25,6 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -155,6 +159,13 @@ func startAgentProxy(t *testing.T, server, dir, name string, extra ...string) (a
 // startConnect runs `connect ARGS...` in listener mode and returns the kubeconfig it printed.
 func startConnect(t *testing.T, kubeconfig string, args ...string) string {
 	t.Helper()
+	path, _ := startConnectLog(t, kubeconfig, args...)
+	return path
+}
+
+// startConnectLog is startConnect, also returning connect's stderr as it is written.
+func startConnectLog(t *testing.T, kubeconfig string, args ...string) (string, *testnet.SyncBuffer) {
+	t.Helper()
 	cmd := exec.Command(pluginBin(t), append([]string{"--kubeconfig", kubeconfig, "--context", "cl02", "connect"}, args...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG=")
 	stdout, err := cmd.StdoutPipe()
@@ -193,13 +204,13 @@ func startConnect(t *testing.T, kubeconfig string, args ...string) string {
 	})
 	select {
 	case path := <-lines:
-		return path
+		return path, stderr
 	case err := <-done:
 		t.Fatalf("connect %v exited early: %v\n%s", args, err, stderr.String())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("connect %v printed no kubeconfig; stderr:\n%s", args, stderr.String())
 	}
-	return ""
+	return "", stderr
 }
 
 func TestConnectVia(t *testing.T) {
@@ -226,6 +237,32 @@ func TestConnectVia(t *testing.T) {
 	t.Run("a watch through the relay receives an event", func(t *testing.T) {
 		kubeconfig := startConnect(t, s.Kubeconfig, "--remote", "cl01", "--via", "cl01")
 		watchSeesCreate(t, s.env, kubeconfig, "watched-via")
+	})
+
+	// Issue 12's stall: each connection is closed by the API server first (Connection: close), and
+	// the client still writes after its EOF (TLS records and close_notify), as a client does when it
+	// closes after the server. All 200 must open on the one port-forward session: a replaced session
+	// is logged. (Before the fix, about one dial in ten needed a new session.)
+	t.Run("200 sequential dials through one relay session", func(t *testing.T) {
+		kubeconfig, stderr := startConnectLog(t, s.Kubeconfig, "--remote", "cl01", "--via", "cl01")
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tlsConfig, err := rest.TLSConfigFor(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listener := strings.TrimPrefix(cfg.Host, "https://")
+		for i := range 200 {
+			if err := closedByServer(listener, tlsConfig); err != nil {
+				t.Fatalf("dial %d: %v\nconnect stderr:\n%s", i, err, stderr.String())
+			}
+		}
+		log := stderr.String()
+		if n := strings.Count(log, "port-forward session to pod"); n != 1 || strings.Contains(log, "no stream opened") {
+			t.Fatalf("200 dials used %d port-forward sessions (want 1):\n%s", n, log)
+		}
 	})
 
 	t.Run("a CONNECT to any other address through the relay reaches only cl01's API server", func(t *testing.T) {
@@ -436,4 +473,39 @@ func bindRole(t *testing.T, s *viaEnv, role *rbacv1.Role) {
 	}
 	// RBAC changes reach the authorizer's cache quickly but not synchronously.
 	time.Sleep(time.Second)
+}
+
+// closedByServer asks the API server behind addr for /version on a new TLS connection with
+// "Connection: close", reads the answer up to the server's close and the connection's EOF, then
+// writes twice more and closes (close_notify): bytes sent after the far end has gone.
+func closedByServer(addr string, cfg *tls.Config) error {
+	raw, err := net.DialTimeout("tcp", addr, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	c := tls.Client(raw, cfg)
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, "GET /version HTTP/1.1\r\nHost: kubernetes\r\nConnection: close\r\n\r\n"); err != nil {
+		return err
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte("gitVersion")) {
+		return fmt.Errorf("/version: %s %q %v", resp.Status, body, err)
+	}
+	// Up to the server's close_notify, then the connection's EOF (the tunnel has ended).
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		return fmt.Errorf("waiting for the server to close: %w", err)
+	}
+	if _, err := io.Copy(io.Discard, raw); err != nil {
+		return fmt.Errorf("waiting for the tunnel's EOF: %w", err)
+	}
+	_, _ = io.WriteString(c, "late 1")
+	_, _ = io.WriteString(c, "late 2")
+	return nil
 }
