@@ -156,7 +156,7 @@ func chooseIP(ctx context.Context, req Request, res *Result) (*unstructured.Unst
 			slices.Sort(names)
 			return nil, fail(ErrSeveralIPs, "several IP objects of kubectl apiproxy in %s (%s): pick one with --name", p.Name, strings.Join(names, ", "))
 		default:
-			name, by = DefaultName, "default name (no IP labelled "+OwnSelector+")"
+			name, by = DefaultName, "default name: no IP labelled "+OwnSelector
 		}
 	}
 	res.IP = ObjectRef{Cluster: p.Name, Namespace: req.Namespace, Name: name}

@@ -108,7 +108,7 @@ func TestGetIPOnRealClusters(t *testing.T) {
 
 	t.Run("default output is the final IP alone", func(t *testing.T) {
 		out, errOut, err := w.run(t, seed...)
-		if err != nil || out != "10.81.0.3\n" || errOut != "using IP liqo/api-server-proxy in cl02 (default name (no IP labelled app.kubernetes.io/part-of=apiproxy)): Liqo's own API server proxy (not installed by kubectl apiproxy)\n" {
+		if err != nil || out != "10.81.0.3\n" || errOut != "using IP liqo/api-server-proxy in cl02 (default name: no IP labelled app.kubernetes.io/part-of=apiproxy): Liqo's own API server proxy (not installed by kubectl apiproxy)\n" {
 			t.Fatalf("stdout %q, stderr %q, err %v; want 10.81.0.3 alone, and on stderr which IP object and proxy", out, errOut, err)
 		}
 	})
