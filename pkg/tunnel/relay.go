@@ -53,8 +53,8 @@ func Relay(a, b net.Conn, opts RelayOptions) RelayResult {
 // deeper stack that parsing and dialing grew is not kept by an idle tunnel.
 func Start(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel {
 	t := NewTunnel(a, b, opts, done)
-	Go(t.r.dirs[1].run)
-	Go(t.r.dirs[0].run)
+	go t.r.dirs[1].run()
+	go t.r.dirs[0].run()
 	return t
 }
 
@@ -76,7 +76,7 @@ func NewTunnel(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel
 // quiet (it then parks or moves to a fresh goroutine) or ends. It saves a goroutine (and the
 // growth of its stack) per tunnel. The end of the tunnel is reported through done. Call it once.
 func (t *Tunnel) Run() {
-	Go(t.r.dirs[0].run)
+	go t.r.dirs[0].run()
 	t.r.dirs[1].run()
 }
 
