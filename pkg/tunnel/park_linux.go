@@ -83,7 +83,7 @@ func (p *parker) resumeLocked(d *direction) {
 	delete(p.waiting, int32(d.fd))
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, d.fd, nil)
 	d.parked = false
-	Go(d.loop)
+	go d.loop()
 }
 
 // closeTunnel marks r as closing, unregisters its parked directions (before the descriptors are
@@ -104,6 +104,6 @@ func (p *parker) closeTunnel(r *relay) {
 	r.a.Close()
 	r.b.Close()
 	for _, d := range resume {
-		Go(d.loop)
+		go d.loop()
 	}
 }
