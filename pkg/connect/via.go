@@ -616,7 +616,8 @@ func (v *ViaDialer) describeRemote(err error) error {
 	case errors.As(err, &ce) && ce.StatusCode == http.StatusBadRequest:
 		return notRelayed
 	case errors.As(err, &ce) && (ce.StatusCode == http.StatusProxyAuthRequired || ce.StatusCode == http.StatusForbidden || ce.StatusCode == http.StatusServiceUnavailable):
-		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf("reached through %q: %v", via, hops.ConnectAnswer(ce.StatusCode, ce.Status, v.RemoteProxy))}
+		f := hops.ConnectAnswer(ce.StatusCode, ce.Status, v.RemoteProxy)
+		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf("the remote %s (reached through %q): %s", f.Msg, via, f.Fix)}
 	case errors.As(err, &ce):
 		return &HopError{Hop: HopRemoteProxy, Err: err, msg: fmt.Sprintf(
 			"the remote proxy %s (reached through %q) answered %q: it could not open the tunnel to its API server (check its --upstream and its logs)", v.RemoteProxy, via, ce.Status)}

@@ -57,7 +57,7 @@ func TestViaDescribe(t *testing.T) {
 		{"remote proxy rejects the token", &tunnel.ConnectError{Proxy: v.RemoteProxy, StatusCode: 407, Status: "407 Proxy Authentication Required"}, true, HopRemoteProxy,
 			[]string{"remote proxy 10.81.0.3:8118", "rejected the token", "--proxy-token"}},
 		{"remote proxy denies the tunnel", &tunnel.ConnectError{Proxy: v.RemoteProxy, StatusCode: 403, Status: "403 Forbidden"}, true, HopRemoteProxy,
-			[]string{"does not let you tunnel", "tunnels.apiproxy.io"}},
+			[]string{"remote proxy 10.81.0.3:8118", "tunnels.apiproxy.io"}},
 		{"no token for the remote proxy", &NoTokenError{Context: "cl02", Proxy: v.RemoteProxy}, true, HopRemoteProxy,
 			[]string{"--proxy-token", "client certificate"}},
 	} {

@@ -206,6 +206,7 @@ func startConnectLog(t *testing.T, kubeconfig string, args ...string) (string, *
 	case path := <-lines:
 		return path, stderr
 	case err := <-done:
+		done <- err // for the cleanup, which must not wait for an exit it will never see again
 		t.Fatalf("connect %v exited early: %v\n%s", args, err, stderr.String())
 	case <-time.After(60 * time.Second):
 		t.Fatalf("connect %v printed no kubeconfig; stderr:\n%s", args, stderr.String())
