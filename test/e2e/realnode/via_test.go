@@ -128,8 +128,13 @@ func TestViaRelayOnRealNode(t *testing.T) {
 				t.Errorf("tunnel to %s not from the pod's loopback (a kubelet port-forward): %s", v.proxyAddr, l)
 			}
 		}
-		if b, _ := os.ReadFile(v.proxyLog); !bytes.Contains(b, []byte("authority=")) {
-			t.Errorf("cl02's proxy logged no tunnel:\n%s", b)
+		// cl02's proxy was reached from inside the pod: its tunnels come from the pod's IP.
+		pod, err := cs01.CoreV1().Pods(ns).Get(ctx, relayPod, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(v.proxyLog); !bytes.Contains(b, []byte(`peer="`+pod.Status.PodIP+`:`)) {
+			t.Errorf("cl02's proxy logged no tunnel from the relay pod's IP %s:\n%s", pod.Status.PodIP, b)
 		}
 	})
 
