@@ -12,9 +12,20 @@ import (
 
 const liqoNamespace = "liqo"
 
-// peer writes what Liqo would have written after peering: each cluster's ID ConfigMap, the provider's
-// IP object for its proxy (current status shape), and the consumer's Configuration for the provider.
-func peer(ctx context.Context, provider, consumer *rest.Config) error {
+// Peering is the addressing Liqo would have set up: the provider's proxy gets ProviderRemappedIP in
+// ProviderExternalCIDR, which the consumer remaps to ConsumerRemappedCIDR (same prefix length), so
+// the consumer reaches the proxy at the remapped IP's host part in ConsumerRemappedCIDR.
+type Peering struct {
+	ProviderRemappedIP, ProviderExternalCIDR, ConsumerRemappedCIDR string
+}
+
+// DefaultPeering is the seed's numbers in 127.0.0.0/8, as Up uses them.
+var DefaultPeering = Peering{ProviderRemappedIP: ProviderRemappedIP, ProviderExternalCIDR: ProviderExternalCIDR, ConsumerRemappedCIDR: ConsumerRemappedCIDR}
+
+// Peer writes what Liqo would have written after peering: each cluster's ID ConfigMap, the
+// provider's IP object for its proxy (current status shape), and the consumer's Configuration for
+// the provider, with p's addresses.
+func Peer(ctx context.Context, provider, consumer *rest.Config, p Peering) error {
 	prov, err := dynamic.NewForConfig(provider)
 	if err != nil {
 		return err
@@ -32,13 +43,13 @@ func peer(ctx context.Context, provider, consumer *rest.Config) error {
 			return fmt.Errorf("cluster-ID ConfigMap in %s: %w", c.where, err)
 		}
 	}
-	ip := liqo.IP(liqoNamespace, "api-server-proxy", ProviderLocalIP, liqo.IPStatus(ProviderRemappedIP, ProviderExternalCIDR))
+	ip := liqo.IP(liqoNamespace, "api-server-proxy", ProviderLocalIP, liqo.IPStatus(p.ProviderRemappedIP, p.ProviderExternalCIDR))
 	if _, err := liqo.CreateObject(ctx, prov, ip); err != nil {
 		return fmt.Errorf("IP in cl02: %w", err)
 	}
 	conf := liqo.Configuration(liqoNamespace, "cl02", ProviderClusterID,
-		liqo.CIDRs{Pod: []string{"127.90.0.0/16"}, External: []string{ProviderExternalCIDR}},
-		&liqo.CIDRs{Pod: []string{"127.91.0.0/16"}, External: []string{ConsumerRemappedCIDR}})
+		liqo.CIDRs{Pod: []string{"127.90.0.0/16"}, External: []string{p.ProviderExternalCIDR}},
+		&liqo.CIDRs{Pod: []string{"127.91.0.0/16"}, External: []string{p.ConsumerRemappedCIDR}})
 	if _, err := liqo.CreateObject(ctx, cons, conf); err != nil {
 		return fmt.Errorf("Configuration in cl01: %w", err)
 	}

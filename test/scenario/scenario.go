@@ -89,7 +89,7 @@ func Up(c harness.Cleaner, assets string, opts Options) (*Scenario, error) {
 	}
 	s := &Scenario{CL01: r.c, CL02: cl02, ProxyAddr: net.JoinHostPort(FinalIP, strconv.Itoa(ProxyPort))}
 
-	if err := peer(ctx, cl02.Config, s.CL01.Config); err != nil {
+	if err := Peer(ctx, cl02.Config, s.CL01.Config, DefaultPeering); err != nil {
 		return nil, err
 	}
 	cs, err := kubernetes.NewForConfig(cl02.Config)
