@@ -8,7 +8,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"syscall"
 
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
@@ -49,6 +51,12 @@ func DialError(err error, proxy string) *Failure {
 	if errors.As(err, &ce) {
 		return ConnectAnswer(ce.StatusCode, ce.Status, proxy)
 	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// TCP was accepted, then closed before any answer: what agent proxy does to a client
+		// outside --allow-source (a reset, before reading anything).
+		return &Failure{Hop: Connect, Msg: fmt.Sprintf("proxy %s closed the connection without answering the CONNECT", proxy),
+			Fix: "this machine's source address is probably not in the proxy's --allow-source (install --allow-source CIDR, or the peers of its NetworkPolicy); the proxy logs each refused source", Err: err}
+	}
 	return TCPError(err, proxy)
 }
 
@@ -69,7 +77,7 @@ func ConnectAnswer(code int, status, proxy string) *Failure {
 	case http.StatusProxyAuthRequired:
 		f.Fix = "the proxy authenticates tunnels (agent proxy --auth tokenreview) and got no token or rejected the token it got (expired, or from another cluster?): pass a valid one with --proxy-token, e.g. a ServiceAccount token of the proxy's cluster"
 	case http.StatusForbidden:
-		f.Fix = "the proxy refused this client: its identity lacks create on tunnels.apiproxy.io (kubectl create clusterrole apiproxy-tunnel --verb=create --resource=tunnels.apiproxy.io, then bind it), or this source address is not in the proxy's --allow-source"
+		f.Fix = "the proxy refused this client: the token's user lacks create on tunnels.apiproxy.io in the proxy's cluster: there, kubectl create clusterrole apiproxy-tunnel --verb=create --resource=tunnels.apiproxy.io, then kubectl create clusterrolebinding NAME --clusterrole=apiproxy-tunnel --serviceaccount=NAMESPACE:NAME (or --user/--group)"
 	case http.StatusBadGateway:
 		f.Fix = "it reached the proxy, but the API server refused the proxy's connection: check the proxy's --upstream and its logs"
 	case http.StatusGatewayTimeout:
