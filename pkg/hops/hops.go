@@ -24,6 +24,11 @@ const (
 	Access  = "access"
 )
 
+// TunnelRoleJSON is the ClusterRole that grants tunnels through an authenticating proxy, for
+// `kubectl apply -f -`. `kubectl create clusterrole --resource=tunnels.apiproxy.io` refuses it:
+// kubectl checks resources against discovery, and no API serves tunnels (only RBAC names them).
+const TunnelRoleJSON = `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"apiproxy-tunnel"},"rules":[{"apiGroups":["apiproxy.io"],"resources":["tunnels"],"verbs":["create"]}]}`
+
 // Failure is a failed hop: what happened, and the fix.
 type Failure struct {
 	Hop string
@@ -77,7 +82,7 @@ func ConnectAnswer(code int, status, proxy string) *Failure {
 	case http.StatusProxyAuthRequired:
 		f.Fix = "the proxy authenticates tunnels (agent proxy --auth tokenreview) and got no token or rejected the token it got (expired, or from another cluster?): pass a valid one with --proxy-token, e.g. a ServiceAccount token of the proxy's cluster"
 	case http.StatusForbidden:
-		f.Fix = "the proxy refused this client: the token's user lacks create on tunnels.apiproxy.io in the proxy's cluster: there, kubectl create clusterrole apiproxy-tunnel --verb=create --resource=tunnels.apiproxy.io, then kubectl create clusterrolebinding NAME --clusterrole=apiproxy-tunnel --serviceaccount=NAMESPACE:NAME (or --user/--group)"
+		f.Fix = "the proxy refused this client: the token's user may not create tunnels.apiproxy.io in the proxy's cluster: there, create the role once (echo '" + TunnelRoleJSON + "' | kubectl apply -f -) and bind it: kubectl create clusterrolebinding NAME --clusterrole=apiproxy-tunnel --serviceaccount=NAMESPACE:NAME (or --user/--group)"
 	case http.StatusBadGateway:
 		f.Fix = "it reached the proxy, but the API server refused the proxy's connection: check the proxy's --upstream and its logs"
 	case http.StatusGatewayTimeout:
