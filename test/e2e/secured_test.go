@@ -290,6 +290,7 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		if r.err == nil || !strings.Contains(r.stderr, "403") || !strings.Contains(r.stderr, hops.TunnelRoleJSON) || !strings.Contains(r.stderr, "--clusterrole=apiproxy-tunnel") {
 			t.Fatalf("connect: %v, want a failure naming 403 and the role to grant\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
 		}
+		t.Logf("connect without the tunnels RBAC:\n%s", r.stderr)
 		r = e.check(t, e.tokenKC)
 		if line := hopLine(r.stdout, "connect"); r.err == nil || !strings.HasPrefix(line, "FAIL") || !strings.Contains(line, "403") ||
 			!strings.Contains(line, "tunnels.apiproxy.io") || !strings.Contains(line, `context "cl02"'s user's token`) {
@@ -324,6 +325,7 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		if r.err != nil {
 			t.Fatalf("check after the binding: %v\n%s%s", r.err, r.stdout, r.stderr)
 		}
+		t.Logf("check as %s:\n%s", e.peerUser, r.stdout)
 		if line := hopLine(r.stdout, "connect"); !strings.Contains(line, "407 without a token, then 200 with") {
 			t.Errorf("connect hop %q: want the 407 and the token named", line)
 		}
@@ -337,6 +339,7 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		if r.err != nil || strings.TrimSpace(r.stdout) != "pod/web" {
 			t.Fatalf("connect -- kubectl get pods: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
 		}
+		t.Logf("connect stderr:\n%s", r.stderr)
 		r = e.connect(t, e.tokenKC, "--", e.kubectl, "exec", "web", "--", "echo", "through", "tokenreview")
 		if r.err != nil || strings.TrimSpace(r.stdout) != "through tokenreview" {
 			t.Fatalf("connect -- kubectl exec: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
@@ -348,6 +351,7 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		if r.err == nil || !strings.Contains(r.stderr, "--proxy-token") || !strings.Contains(r.stderr, "client certificate") {
 			t.Fatalf("connect as a certificate user: %v, want the --proxy-token message\n%s", r.err, r.stderr)
 		}
+		t.Logf("certificate user's connect:\n%s", r.stderr)
 		r = e.check(t, e.certKC)
 		if line := hopLine(r.stdout, "connect"); r.err == nil || !strings.HasPrefix(line, "FAIL") || !strings.Contains(line, "--proxy-token") {
 			t.Fatalf("check as a certificate user: %v, connect hop %q\n%s", r.err, line, r.stdout)
@@ -428,6 +432,7 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		if r.err == nil || !strings.Contains(r.stderr, "closed the connection") || !strings.Contains(r.stderr, "--allow-source") {
 			t.Fatalf("connect from 127.0.0.1: %v, want the closed connection explained\n%s", r.err, r.stderr)
 		}
+		t.Logf("connect from a refused source:\n%s", r.stderr)
 		r = e.check(t, e.tokenKC)
 		if line := hopLine(r.stdout, "connect"); r.err == nil || !strings.HasPrefix(line, "FAIL") || !strings.Contains(line, "--allow-source") {
 			t.Fatalf("check from 127.0.0.1: %v, connect hop %q\n%s", r.err, line, r.stdout)
