@@ -54,3 +54,9 @@ func TestClosedWithoutAnswer(t *testing.T) {
 		}
 	}
 }
+
+func TestResetAtTCP(t *testing.T) {
+	if f := TCPError(fmt.Errorf("dial tcp p:1: connect: %w", syscall.ECONNRESET), "p:1"); f.Hop != TCP || !strings.Contains(f.Fix, "--allow-source") {
+		t.Errorf("reset: %+v", f)
+	}
+}

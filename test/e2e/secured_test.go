@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -255,6 +257,9 @@ func (e *securedEnv) rawConnectFrom(t *testing.T, source, authority string, head
 	t.Helper()
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}, Timeout: 5 * time.Second}
 	c, err := d.Dial("tcp", e.ProxyAddr)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return 0 // the reset beat the end of the handshake
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,6 +287,45 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	u, _ := url.Parse(e.CL02.Server)
 	authority := u.Host
+	t.Run("defaults leave today's users unaffected", func(t *testing.T) {
+		// The scenario's proxy runs with no security flag: a CONNECT without credentials from
+		// any loopback source gets its tunnel, and no audit file is written.
+		if got := e.rawConnectFrom(t, "127.0.0.1", authority); got != http.StatusOK {
+			t.Fatalf("a plain CONNECT to the default proxy: %d, want 200", got)
+		}
+		if _, err := os.Stat(e.audit); !os.IsNotExist(err) {
+			t.Fatalf("audit file without --audit-log: %v", err)
+		}
+		// install's defaults on cl02 (Liqo's CRDs served, no peering Configuration here): no
+		// NetworkPolicy, no review RBAC, a proxy without --auth or --allow-source.
+		r := e.plugin(t, e.CL02.Kubeconfig, "install", "--dry-run=client", "-o", "json")
+		if r.err != nil {
+			t.Fatalf("install --dry-run: %v\n%s", r.err, r.stderr)
+		}
+		var list struct{ Items []map[string]any }
+		if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+			t.Fatal(err)
+		}
+		sawProxy := false
+		for _, item := range list.Items {
+			u := &unstructured.Unstructured{Object: item}
+			switch {
+			case u.GetKind() == "NetworkPolicy", u.GetKind() == "ClusterRoleBinding" && u.GetName() == install.AuthBindingName(install.DefaultNamespace):
+				t.Errorf("install's defaults render %s %s", u.GetKind(), u.GetName())
+			case u.GetKind() == "Deployment" && u.GetName() == "apiproxy-proxy":
+				sawProxy = true
+				containers, _, _ := unstructured.NestedSlice(item, "spec", "template", "spec", "containers")
+				args := strings.Join(stringSlice(containers[0].(map[string]any)["args"]), " ")
+				if strings.Contains(args, "--auth") || strings.Contains(args, "--allow-source") || strings.Contains(args, "--audit-log") {
+					t.Errorf("install's default proxy args: %s", args)
+				}
+			}
+		}
+		if !sawProxy {
+			t.Fatalf("install rendered no proxy Deployment:\n%s", r.stdout)
+		}
+	})
+
 	// This machine reaches 127.81.0.3 from 127.0.0.1: the allow-list admits exactly that source.
 	e.restartProxy(t, "--allow-source", "127.0.0.1/32")
 
@@ -434,8 +478,11 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		}
 		t.Logf("connect from a refused source:\n%s", r.stderr)
 		r = e.check(t, e.tokenKC)
-		if line := hopLine(r.stdout, "connect"); r.err == nil || !strings.HasPrefix(line, "FAIL") || !strings.Contains(line, "--allow-source") {
-			t.Fatalf("check from 127.0.0.1: %v, connect hop %q\n%s", r.err, line, r.stdout)
+		// The reset comes at once: before or after the TCP handshake completes for the client.
+		tcp, conn := hopLine(r.stdout, "tcp"), hopLine(r.stdout, "connect")
+		if r.err == nil || !(strings.HasPrefix(conn, "FAIL") && strings.Contains(conn, "--allow-source") ||
+			strings.HasPrefix(tcp, "FAIL") && strings.Contains(tcp, "--allow-source")) {
+			t.Fatalf("check from 127.0.0.1: %v, want the tcp or connect hop to name --allow-source\n%s", r.err, r.stdout)
 		}
 		if got := e.rawConnectFrom(t, "127.0.0.1", authority, "Proxy-Authorization: Bearer "+e.token+"\r\n"); got != 0 {
 			t.Fatalf("a valid token from 127.0.0.1 got %d, want the connection closed unanswered", got)
@@ -475,4 +522,15 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 			}
 		}
 	})
+}
+
+func stringSlice(v any) []string {
+	var out []string
+	items, _ := v.([]any)
+	for _, i := range items {
+		if s, ok := i.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
 }
