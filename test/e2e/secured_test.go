@@ -33,6 +33,7 @@ import (
 	"github.com/apiproxy/apiproxy/test/harness"
 	"github.com/apiproxy/apiproxy/test/harness/nodestandin"
 	"github.com/apiproxy/apiproxy/test/scenario"
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 // securedEnv is the seed's scenario with cl02's proxy replaced by the real `agent proxy --auth
@@ -388,6 +389,52 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		if r.err != nil || strings.TrimSpace(r.stdout) != "through tokenreview" {
 			t.Fatalf("connect -- kubectl exec: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
 		}
+	})
+
+	t.Run("token user: connect's listener, kubectl port-forward through it", func(t *testing.T) {
+		cmd := exec.Command(pluginBin(t), "--kubeconfig", e.tokenKC, "--context", "cl02", "connect", "--remote", "cl01")
+		cmd.Env = append(os.Environ(), "KUBECONFIG=")
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr testnet.SyncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		kubeconfig := make(chan string, 1)
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if path, ok := strings.CutPrefix(sc.Text(), "export KUBECONFIG="); ok {
+					kubeconfig <- path
+				}
+			}
+			_ = cmd.Wait()
+			close(exited)
+		}()
+		t.Cleanup(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+			e.stderrs = append(e.stderrs, stderr.String())
+		})
+		var kc string
+		select {
+		case kc = <-kubeconfig:
+		case <-exited:
+			t.Fatalf("connect exited: %s", stderr.String())
+		case <-time.After(60 * time.Second):
+			t.Fatalf("connect printed no kubeconfig in 60s: %s", stderr.String())
+		}
+		local := nodestandin.PortForward(t, e.kubectl, []string{"KUBECONFIG="}, "--kubeconfig", kc, "-n", "default", "port-forward", "pod/web", ":8080")
+		nodestandin.RoundTrip(t, local, echoPrefix, "port-forward through connect and tokenreview")
 	})
 
 	t.Run("certificate user: --proxy-token is the way", func(t *testing.T) {
