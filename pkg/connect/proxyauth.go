@@ -58,6 +58,14 @@ func (e *NoTokenError) Error() string {
 
 func (e *NoTokenError) Unwrap() error { return e.Err }
 
+// Describe names the token sent, for messages (never the token itself).
+func (p *ProxyCredentials) Describe() string {
+	if p.Override != "" {
+		return "the --proxy-token token"
+	}
+	return fmt.Sprintf("context %q's user's token", p.Context)
+}
+
 // Token returns the token to send: Override, else the user's bearer token ("" with no error when
 // the user has none).
 func (p *ProxyCredentials) Token(ctx context.Context) (string, error) {

@@ -8,7 +8,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"syscall"
 
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
@@ -21,6 +23,11 @@ const (
 	Readyz  = "readyz"
 	Access  = "access"
 )
+
+// TunnelRoleJSON is the ClusterRole that grants tunnels through an authenticating proxy, for
+// `kubectl apply -f -`. `kubectl create clusterrole --resource=tunnels.apiproxy.io` refuses it:
+// kubectl checks resources against discovery, and no API serves tunnels (only RBAC names them).
+const TunnelRoleJSON = `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"apiproxy-tunnel"},"rules":[{"apiGroups":["apiproxy.io"],"resources":["tunnels"],"verbs":["create"]}]}`
 
 // Failure is a failed hop: what happened, and the fix.
 type Failure struct {
@@ -49,6 +56,11 @@ func DialError(err error, proxy string) *Failure {
 	if errors.As(err, &ce) {
 		return ConnectAnswer(ce.StatusCode, ce.Status, proxy)
 	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// TCP was accepted, then closed before any answer: what agent proxy does to a client
+		// outside --allow-source (a reset, before reading anything).
+		return &Failure{Hop: Connect, Msg: fmt.Sprintf("proxy %s closed the connection without answering the CONNECT", proxy), Fix: refusedSourceFix, Err: err}
+	}
 	return TCPError(err, proxy)
 }
 
@@ -58,9 +70,15 @@ func TCPError(err error, proxy string) *Failure {
 		return &Failure{Hop: TCP, Msg: fmt.Sprintf("proxy %s did not answer in time", proxy),
 			Fix: "is it reachable from this machine (through the fabric)? raise --dial-timeout if the path is slow", Err: err}
 	}
+	if errors.Is(err, syscall.ECONNRESET) {
+		// On a short path the proxy's reset can beat the end of the TCP handshake.
+		return &Failure{Hop: TCP, Msg: fmt.Sprintf("proxy %s reset the connection at once", proxy), Fix: refusedSourceFix, Err: err}
+	}
 	return &Failure{Hop: TCP, Msg: fmt.Sprintf("cannot reach proxy %s from this machine", proxy),
 		Fix: "is the proxy running and listening on that port (kubectl apiproxy status; --proxy-port), and does the fabric route the address here?", Err: err}
 }
+
+const refusedSourceFix = "this machine's source address is probably not in the proxy's --allow-source (install --allow-source CIDR, or the peers of its NetworkPolicy); the proxy logs each refused source"
 
 // ConnectAnswer explains a CONNECT the proxy answered with something other than 200.
 func ConnectAnswer(code int, status, proxy string) *Failure {
@@ -69,7 +87,7 @@ func ConnectAnswer(code int, status, proxy string) *Failure {
 	case http.StatusProxyAuthRequired:
 		f.Fix = "the proxy authenticates tunnels (agent proxy --auth tokenreview) and got no token or rejected the token it got (expired, or from another cluster?): pass a valid one with --proxy-token, e.g. a ServiceAccount token of the proxy's cluster"
 	case http.StatusForbidden:
-		f.Fix = "the proxy refused this client: its identity lacks create on tunnels.apiproxy.io (kubectl create clusterrole apiproxy-tunnel --verb=create --resource=tunnels.apiproxy.io, then bind it), or this source address is not in the proxy's --allow-source"
+		f.Fix = "the proxy refused this client: the token's user may not create tunnels.apiproxy.io in the proxy's cluster: there, create the role once (echo '" + TunnelRoleJSON + "' | kubectl apply -f -) and bind it: kubectl create clusterrolebinding NAME --clusterrole=apiproxy-tunnel --serviceaccount=NAMESPACE:NAME (or --user/--group)"
 	case http.StatusBadGateway:
 		f.Fix = "it reached the proxy, but the API server refused the proxy's connection: check the proxy's --upstream and its logs"
 	case http.StatusGatewayTimeout:

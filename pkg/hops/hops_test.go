@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
@@ -39,5 +41,22 @@ func TestDialAndTLSFailures(t *testing.T) {
 	}
 	if f := TLSError(x509.UnknownAuthorityError{}, "p:1", "x", "cl02"); !strings.Contains(f.Error(), `context "cl02"'s certificate authority`) {
 		t.Errorf("unknown authority: %+v", f)
+	}
+}
+
+// A proxy that accepts TCP and closes before answering (agent proxy --allow-source refusing this
+// source) is a connect-hop failure naming --allow-source, not "cannot reach".
+func TestClosedWithoutAnswer(t *testing.T) {
+	for _, err := range []error{syscall.ECONNRESET, io.EOF, io.ErrUnexpectedEOF} {
+		f := DialError(fmt.Errorf("CONNECT a:443 via proxy p:1: %w", err), "http://p:1")
+		if f.Hop != Connect || !strings.Contains(f.Error(), "--allow-source") || !strings.Contains(f.Error(), "closed the connection") {
+			t.Errorf("%v: %+v", err, f)
+		}
+	}
+}
+
+func TestResetAtTCP(t *testing.T) {
+	if f := TCPError(fmt.Errorf("dial tcp p:1: connect: %w", syscall.ECONNRESET), "p:1"); f.Hop != TCP || !strings.Contains(f.Fix, "--allow-source") {
+		t.Errorf("reset: %+v", f)
 	}
 }

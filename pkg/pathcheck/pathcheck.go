@@ -74,6 +74,9 @@ type Input struct {
 	// cluster's proxy pod (connect --via).
 	Relay     *connect.Relay
 	RelayName string
+	// Creds answer a proxy that authenticates tunnels (407), as connect does: --proxy-token, else
+	// the context's user's token. Nil sends none.
+	Creds *connect.ProxyCredentials
 }
 
 // Hop names of the address computation.
@@ -123,13 +126,14 @@ func Run(ctx context.Context, in Input) *Report {
 		}
 		return finish(r)
 	}
-	dial := in.tunnelDialer(proxy, authority)
 	var conn net.Conn
+	tokenRequired := false
 	if in.Relay != nil {
 		conn = relayHop(ctx, in, proxy, authority, add)
 	} else {
-		conn = directHops(ctx, in, proxy, authority, add)
+		conn, tokenRequired = directHops(ctx, in, proxy, authority, add)
 	}
+	dial := in.tunnelDialer(proxy, authority, tokenRequired)
 	if conn == nil {
 		for _, h := range []string{hops.TLS, hops.Readyz, hops.Access} {
 			add(Hop{Hop: h})
@@ -276,17 +280,22 @@ func fixFor(err error) string {
 	return "check access to the cluster (kubeconfig, RBAC to read the Liqo objects)"
 }
 
-func (in Input) tunnelDialer(proxy, authority string) func(context.Context) (net.Conn, error) {
+// tunnelDialer opens the tunnels of the API hops with connect's dialers, so a proxy that
+// authenticates tunnels gets the same token connect would send (at once when the connect hop has
+// already seen the 407).
+func (in Input) tunnelDialer(proxy, authority string, tokenRequired bool) func(context.Context) (net.Conn, error) {
 	if in.Relay != nil {
-		vd := &connect.ViaDialer{Relay: in.Relay, RemoteProxy: proxy, Timeout: in.DialTimeout}
+		vd := &connect.ViaDialer{Relay: in.Relay, RemoteProxy: proxy, Timeout: in.DialTimeout, Creds: in.Creds}
 		return func(ctx context.Context) (net.Conn, error) { return vd.DialContext(ctx, "tcp", authority) }
 	}
-	d := &tunnel.Dialer{Proxy: proxy, Timeout: in.DialTimeout}
+	d := &connect.AuthDialer{Dialer: tunnel.Dialer{Proxy: proxy, Timeout: in.DialTimeout}, Creds: in.Creds}
+	d.Required.Store(tokenRequired)
 	return func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", authority) }
 }
 
-// directHops: TCP to the proxy, then CONNECT over that same connection.
-func directHops(ctx context.Context, in Input, proxy, authority string, add func(Hop)) net.Conn {
+// directHops: TCP to the proxy, then CONNECT over that same connection (and, when the proxy asks
+// for a token, once more with it, as connect does). tokenRequired reports that 407.
+func directHops(ctx context.Context, in Input, proxy, authority string, add func(Hop)) (conn net.Conn, tokenRequired bool) {
 	dctx, cancel := context.WithTimeout(ctx, in.DialTimeout)
 	defer cancel()
 	raw, err := (&net.Dialer{}).DialContext(dctx, "tcp", proxy)
@@ -294,26 +303,44 @@ func directHops(ctx context.Context, in Input, proxy, authority string, add func
 		f := hops.TCPError(err, proxy)
 		add(Hop{Hop: hops.TCP, Status: Fail, Object: proxy, Detail: f.Msg + ": " + err.Error(), Fix: f.Fix})
 		add(Hop{Hop: hops.Connect})
-		return nil
+		return nil, false
 	}
 	add(Hop{Hop: hops.TCP, Status: OK, Object: proxy, Detail: "connected from " + raw.LocalAddr().String()})
-	d := &tunnel.Dialer{Proxy: proxy, Forward: preDialed{raw}}
-	conn, err := d.DialContext(dctx, "tcp", authority)
-	if err != nil {
+	d := &connect.AuthDialer{Dialer: tunnel.Dialer{Proxy: proxy, Forward: &preDialed{c: raw}}, Creds: in.Creds}
+	conn, err = d.DialContext(dctx, "tcp", authority)
+	object := "CONNECT " + authority
+	var nt *connect.NoTokenError
+	switch {
+	case errors.As(err, &nt):
+		add(Hop{Hop: hops.Connect, Status: Fail, Object: object, Detail: nt.Error(),
+			Fix: "pass a token of the proxy's cluster whose user may create tunnels.apiproxy.io: --proxy-token TOKEN"})
+		return nil, true
+	case err != nil:
 		raw.Close()
 		f := hops.DialError(err, proxy)
-		add(Hop{Hop: hops.Connect, Status: Fail, Object: "CONNECT " + authority, Detail: f.Msg, Fix: f.Fix})
-		return nil
+		detail := f.Msg
+		if d.Required.Load() || in.Creds != nil && in.Creds.Override != "" {
+			detail += " to the CONNECT with " + in.Creds.Describe()
+		}
+		add(Hop{Hop: hops.Connect, Status: Fail, Object: object, Detail: detail, Fix: f.Fix})
+		return nil, d.Required.Load()
 	}
-	add(Hop{Hop: hops.Connect, Status: OK, Object: "CONNECT " + authority, Detail: "200: the proxy dialed the API server"})
-	return conn
+	detail := "200: the proxy dialed the API server"
+	switch {
+	case d.Required.Load():
+		detail = "407 without a token, then 200 with " + in.Creds.Describe() + ": the proxy dialed the API server"
+	case in.Creds != nil && in.Creds.Override != "":
+		detail = "200 with " + in.Creds.Describe() + ": the proxy dialed the API server"
+	}
+	add(Hop{Hop: hops.Connect, Status: OK, Object: object, Detail: detail})
+	return conn, d.Required.Load()
 }
 
 // relayHop replaces TCP and CONNECT with the --via relay (connect's ViaDialer, whose errors name
 // their leg).
 func relayHop(ctx context.Context, in Input, proxy, authority string, add func(Hop)) net.Conn {
 	object := fmt.Sprintf("port-forward via %s to its proxy pod, CONNECT %s, CONNECT %s", in.RelayName, proxy, authority)
-	conn, err := in.tunnelDialer(proxy, authority)(ctx)
+	conn, err := in.tunnelDialer(proxy, authority, false)(ctx)
 	if err != nil {
 		add(Hop{Hop: HopRelay, Status: Fail, Object: object, Detail: err.Error(), Fix: "see the leg named; the relay needs pods/portforward in the --via cluster and install --relay there"})
 		add(Hop{Hop: hops.TCP, Status: Skip, Detail: "replaced by the relay"})
@@ -326,9 +353,17 @@ func relayHop(ctx context.Context, in Input, proxy, authority string, add func(H
 	return conn
 }
 
+// preDialed hands out the connection the tcp hop opened, then dials anew (the CONNECT repeated with
+// a token after a 407 goes on a fresh connection).
 type preDialed struct{ c net.Conn }
 
-func (p preDialed) DialContext(context.Context, string, string) (net.Conn, error) { return p.c, nil }
+func (p *preDialed) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if c := p.c; c != nil {
+		p.c = nil
+		return c, nil
+	}
+	return (&net.Dialer{}).DialContext(ctx, network, addr)
+}
 
 func tlsHop(ctx context.Context, in Input, conn net.Conn, proxyURL string, add func(Hop)) {
 	defer conn.Close()

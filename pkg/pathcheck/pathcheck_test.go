@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,5 +56,51 @@ func TestRunStopsAtTheFailingHop(t *testing.T) {
 		if h.Hop == "tls" && !strings.HasPrefix(h.Detail, "not tried") {
 			t.Errorf("tls hop %+v: want not tried", h)
 		}
+	}
+}
+
+// check answers a 407 as connect does: a user without a token gets the --proxy-token advice, and a
+// token that the proxy rejects is named (never shown) in the connect hop.
+func TestConnectHopWithProxyCredentials(t *testing.T) {
+	var mu sync.Mutex
+	var heads []string
+	addr := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		head := ""
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				break
+			}
+			head += line
+		}
+		mu.Lock()
+		heads = append(heads, head)
+		mu.Unlock()
+		_, _ = c.Write([]byte("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Bearer\r\nContent-Length: 0\r\n\r\n"))
+	})
+	connectHop := func(r *Report) Hop {
+		for _, h := range r.Hops {
+			if h.Hop == "connect" {
+				return h
+			}
+		}
+		t.Fatalf("no connect hop: %+v", r.Hops)
+		return Hop{}
+	}
+	in := Input{ProxyURL: "http://" + addr, Target: target(t), REST: &rest.Config{Host: "https://127.0.0.1:6443"}, DialTimeout: 5 * time.Second,
+		Creds: &connect.ProxyCredentials{Config: &rest.Config{Host: "https://127.0.0.1:6443"}, Context: "c"}}
+	if h := connectHop(Run(context.Background(), in)); h.Status != Fail || !strings.Contains(h.Fix, "--proxy-token") || !strings.Contains(h.Detail, "client certificate") {
+		t.Errorf("no token: %+v", h)
+	}
+	in.Creds = &connect.ProxyCredentials{Override: "s3cret-token", Context: "c"}
+	h := connectHop(Run(context.Background(), in))
+	if h.Status != Fail || !strings.Contains(h.Detail, "407") || !strings.Contains(h.Detail, "--proxy-token") || strings.Contains(h.Detail+h.Fix, "s3cret") {
+		t.Errorf("rejected token: %+v", h)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if last := heads[len(heads)-1]; !strings.Contains(last, "Proxy-Authorization: Bearer s3cret-token") {
+		t.Errorf("the CONNECT did not carry --proxy-token: %q", last)
 	}
 }

@@ -150,7 +150,7 @@ func TestCheck(t *testing.T) {
 		})
 		liqo.Create(ctx, t, cl02, liqo.IP("liqo", "forbidding", "10.0.0.12", liqo.IPStatus("127.70.0.4", scenario.ProviderExternalCIDR)))
 		r := s.plugin(t, append(check, "--name", "forbidding")...)
-		broken(t, r, "connect", "403 Forbidden", "tunnels.apiproxy.io", "--allow-source")
+		broken(t, r, "connect", "403 Forbidden", "tunnels.apiproxy.io", "--clusterrole=apiproxy-tunnel")
 	})
 	t.Run("wrong TLS name", func(t *testing.T) {
 		r := s.plugin(t, append(check, "--tls-server-name", "wrong.example")...)

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/apiproxy/apiproxy/pkg/hops"
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 	"github.com/apiproxy/apiproxy/test/harness"
 	"github.com/apiproxy/apiproxy/test/harness/nodestandin"
@@ -377,6 +378,45 @@ func TestConnectVia(t *testing.T) {
 		r = s.plugin(t, "check", "--remote", "cl01", "--via", "cl01", "--via-namespace", strictNS)
 		if r.err == nil || !strings.Contains(r.stdout, "FAIL") || !strings.Contains(r.stdout, "did not relay to "+s.ProxyAddr) {
 			t.Errorf("check --via through a proxy without --allow-target: %v\n%s", r.err, r.stdout)
+		}
+	})
+
+	// Last: it replaces cl02's proxy with one that authenticates tunnels. The relay in cl01 carries
+	// the CONNECT with its Proxy-Authorization to cl02's proxy, which reviews it.
+	t.Run("--via through an authenticating proxy: --proxy-token reaches cl02's proxy through the relay", func(t *testing.T) {
+		ctx := context.Background()
+		cs := s.CL02.Clientset(t)
+		if _, err := cs.CoreV1().ServiceAccounts("default").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "laptop"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		apply := exec.Command(s.kubectl, "--kubeconfig", s.CL02.Kubeconfig, "apply", "-f", "-")
+		apply.Stdin = strings.NewReader(hops.TunnelRoleJSON)
+		if out, err := apply.CombinedOutput(); err != nil {
+			t.Fatalf("kubectl apply the tunnel role: %v\n%s", err, out)
+		}
+		if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "laptop-tunnels"},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "apiproxy-tunnel"},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "laptop", Namespace: "default"}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		token := saToken(ctx, t, cs, "default", "laptop")
+		s.StopProxy()
+		if _, err := scenario.RunAgentProxy(t, agentBin(t), s.ProxyAddr, s.CL02.Config.Host, filepath.Join(t.TempDir(), "auth-proxy.log"),
+			"--auth", "tokenreview", "--kubeconfig", s.CL02.Kubeconfig); err != nil {
+			t.Fatal(err)
+		}
+		// The scenario's cl02 user has a client certificate only.
+		r := s.plugin(t, "connect", "--remote", "cl01", "--via", "cl01", "--", s.kubectl, "get", "ns", "-o", "name")
+		if r.err == nil || !strings.Contains(r.stderr, "--proxy-token") {
+			t.Fatalf("connect --via as a certificate user: %v, want the --proxy-token message\n%s", r.err, r.stderr)
+		}
+		r = s.plugin(t, "connect", "--remote", "cl01", "--via", "cl01", "--proxy-token", token, "--", s.kubectl, "get", "ns", scenario.OnlyInProvider, "-o", "name")
+		if r.err != nil || strings.TrimSpace(r.stdout) != "namespace/"+scenario.OnlyInProvider || strings.Contains(r.stderr, token) {
+			t.Fatalf("connect --via --proxy-token: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
+		}
+		r = s.plugin(t, "check", "--remote", "cl01", "--via", "cl01", "--proxy-token", token)
+		if r.err != nil || strings.Contains(r.stdout+r.stderr, token) {
+			t.Fatalf("check --via --proxy-token: %v\n%s%s", r.err, r.stdout, r.stderr)
 		}
 	})
 

@@ -32,6 +32,7 @@ type CheckOptions struct {
 	DialTimeout   time.Duration
 	Via           string
 	ViaNamespace  string
+	ProxyToken    string
 	output        string
 
 	target *connect.Target
@@ -51,7 +52,9 @@ with OK or FAIL, the object or address involved, and a fix:
   configuration  the consumer's Configuration for the provider: status set, remapped external CIDR
   address        the computed proxy address
   tcp            a TCP connection to it           (with --via: relay, a port-forward through that
-  connect        the proxy's answer to a CONNECT   cluster to its proxy pod, which CONNECTs on)
+  connect        the proxy's answer to a CONNECT   cluster to its proxy pod, which CONNECTs on);
+                 a 407 is retried with the token connect would send (--proxy-token, else the
+                 context's user's token)
   tls            TLS with the API server, verified for the expected name
   readyz         GET /readyz through the tunnel
   access         whether you may list namespaces (SelfSubjectAccessReview)
@@ -77,6 +80,7 @@ It exits 0 only when every hop passes. The address and the errors are those of g
 	f.DurationVar(&o.DialTimeout, "dial-timeout", 10*time.Second, "Timeout of each network hop")
 	f.StringVar(&o.Via, "via", "", "Check the relayed path of connect --via: port-forward through this context's cluster to its apiproxy proxy pod")
 	f.StringVar(&o.ViaNamespace, "via-namespace", install.DefaultNamespace, "Namespace of the proxy's pods in the --via cluster")
+	f.StringVar(&o.ProxyToken, "proxy-token", "", "Token for a proxy that authenticates tunnels (as connect --proxy-token); default: the context's user's token, when the proxy asks (407)")
 	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml, or leave unset for one line per hop")
 	return cmd
 }
@@ -142,6 +146,8 @@ func (o *CheckOptions) Run(ctx context.Context) error {
 		return fmt.Errorf("client configuration of the current context: %w", err)
 	}
 	in.REST = rest
+	// The same credentials connect shows an authenticating proxy.
+	in.Creds = &connect.ProxyCredentials{Override: o.ProxyToken, Config: rest, Context: o.target.ContextName}
 	if o.Via != "" {
 		relay, err := newRelay(o.configFlags, o.Via, o.ViaNamespace, o.address.ProxyPort, o.ErrOut)
 		if err != nil {

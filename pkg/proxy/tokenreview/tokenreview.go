@@ -27,8 +27,9 @@ import (
 	"github.com/apiproxy/apiproxy/pkg/proxy"
 )
 
-// The RBAC attributes of a tunnel: `kubectl create clusterrole apiproxy-tunnel --verb=create
-// --resource=tunnels.apiproxy.io` grants them.
+// The RBAC attributes of a tunnel, granted by a ClusterRole with the rule {apiGroups: [apiproxy.io],
+// resources: [tunnels], verbs: [create]} (hops.TunnelRoleJSON). `kubectl create clusterrole
+// --resource=tunnels.apiproxy.io` refuses it: no API serves tunnels, and kubectl checks discovery.
 const (
 	Verb     = "create"
 	Group    = "apiproxy.io"
