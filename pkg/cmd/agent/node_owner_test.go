@@ -9,12 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,34 +25,18 @@ import (
 	"github.com/apiproxy/apiproxy/test/harness"
 )
 
-// listenInNetns opens a TCP listener on loopback inside the namespace: the socket is created on a
-// thread that briefly enters ns and keeps belonging to it.
+// listenInNetns opens a TCP listener on loopback inside the namespace.
 func listenInNetns(ns string) (net.Listener, error) {
 	// The namespace's loopback starts down.
 	if out, err := inNetns(ns, "ip", "link", "set", "lo", "up"); err != nil {
 		return nil, errors.New(out)
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic("cannot return to the original network namespace: " + err.Error())
-		}
-	}()
-	return net.Listen("tcp", "127.0.0.1:0")
+	var l net.Listener
+	err := onThreadInNetns(ns, func() (err error) {
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	})
+	return l, err
 }
 
 // apiServerInNetns makes the cluster's API server reachable from inside ns at the returned loopback

@@ -451,30 +451,40 @@ func TestNodeDaemonStopsOnMissingPrivileges(t *testing.T) {
 	}
 }
 
-// dialInNetns connects to addr from inside the namespace: the socket is created on a thread that
-// briefly enters ns, and keeps belonging to ns whatever thread uses it afterwards.
+// dialInNetns connects to addr from inside the namespace.
 func dialInNetns(ns, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := onThreadInNetns(ns, func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
+		return err
+	})
+	return c, err
+}
+
+// onThreadInNetns runs f on a thread that briefly enters ns: sockets f creates keep belonging to ns
+// whatever thread uses them afterwards.
+func onThreadInNetns(ns string, f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer orig.Close()
 	target, err := netns.GetFromName(ns)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer target.Close()
 	if err := netns.Set(target); err != nil {
-		return nil, err
+		return err
 	}
 	defer func() {
 		if err := netns.Set(orig); err != nil {
 			panic("cannot return to the original network namespace: " + err.Error())
 		}
 	}()
-	return net.DialTimeout("tcp", addr, 2*time.Second)
+	return f()
 }
 
 func TestNodeMetricsAndReadiness(t *testing.T) {
