@@ -5,10 +5,9 @@
 # (test/harness/realnode) and the agents run as pods; otherwise cl02 is an API server only and its
 # proxy a process on this machine. APIPROXY_DEMO_REAL_NODE=0 forces the API-server-only demo;
 # APIPROXY_DEMO_LOCK_WAIT (seconds, default 300) is how long to wait for another real-node cluster.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 DEMO=.demo
-PLUGIN=bin/kubectl-apiproxy
 LOCK_WAIT=${APIPROXY_DEMO_LOCK_WAIT:-300}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -85,6 +84,7 @@ up() {
     echo "the demo is already running (make demo-down stops it)"; exit 1
   fi
   rm -rf "$DEMO"; mkdir -p "$DEMO"
+  trap 'echo "make demo failed above; what started still runs, for a look (KUBECONFIG=$PWD/$DEMO/kubeconfig): make demo-down stops it"' ERR
   why=$(why_not_real_node)
   if [[ -z $why ]]; then up_real_node; else up_api_only "$why"; fi
 }
@@ -102,20 +102,20 @@ up_api_only() {
   echo "Configuration for cl02 says that CIDR appears as 127.81.0.0/16 in cl01. 'agent proxy' listens"
   echo "on 127.81.0.3:8118 and forwards every CONNECT to cl02's API server, holding no credentials."
   start_env 60 --agent bin/agent --assets "$ASSETS"
-  export KUBECONFIG=$PWD/$DEMO/kubeconfig
-  KUBECTL=$ASSETS/kubectl
+  # As a user runs it: the plugin through kubectl (v1.36, from the test assets).
+  export KUBECONFIG=$PWD/$DEMO/kubeconfig PATH=$PWD/bin:$ASSETS:$PATH
 
   say "get-ip: the address by which cl01 reaches cl02's proxy"
-  run $PLUGIN --context cl02 get-ip --remote cl01 -o wide
-  run $PLUGIN --context cl02 get-ip --remote cl01
+  run kubectl apiproxy --context cl02 get-ip --remote cl01 -o wide
+  run kubectl apiproxy --context cl02 get-ip --remote cl01
 
   say "connect: kubectl get ns on cl02, tunnelled through the proxy (TLS end to end)"
-  run $PLUGIN --context cl02 connect --remote cl01 -- "$KUBECTL" get ns
+  run kubectl apiproxy --context cl02 connect --remote cl01 -- kubectl get ns
   echo "(only-in-cl02 exists in cl02 alone: the answer came from cl02's API server)"
 
   say "A kubeconfig with proxy-url, for clients inside cl01"
-  $PLUGIN --context cl02 connect --remote cl01 --write-kubeconfig "$DEMO/cl02-via-proxy.yaml"
-  "$KUBECTL" --kubeconfig "$DEMO/cl02-via-proxy.yaml" get ns only-in-cl02
+  kubectl apiproxy --context cl02 connect --remote cl01 --write-kubeconfig "$DEMO/cl02-via-proxy.yaml"
+  kubectl --kubeconfig "$DEMO/cl02-via-proxy.yaml" get ns only-in-cl02
   try_it "$ASSETS"
 }
 
@@ -139,15 +139,15 @@ up_real_node() {
     --pause $DEMO/images/pause --app $DEMO/images/app --lock-wait "${LOCK_WAIT}s"
   # shellcheck disable=SC1091
   source $DEMO/env.sh
-  export KUBECONFIG=$PWD/$DEMO/kubeconfig
-  KUBECTL=$ASSETS/kubectl
-  k() { printf '$ kubectl %s\n' "$*"; "$KUBECTL" "$@"; }
+  # As a user runs it: the plugin through kubectl (v1.36, from the test assets).
+  export KUBECONFIG=$PWD/$DEMO/kubeconfig PATH=$PWD/bin:$ASSETS:$PATH
+  k() { printf '$ kubectl %s\n' "$*"; kubectl "$@"; }
 
   say "install: the proxy, node and webhook agents as pods on cl02, waiting until they are Ready"
   echo "(pods reach kubernetes.default.svc through $HOST_ALIAS_IP, an address the node agent puts on the node)"
-  run $PLUGIN --context cl02 install --roles proxy,node,webhook --apiserver-fqdn kubernetes.default.svc \
+  run kubectl apiproxy --context cl02 install --roles proxy,node,webhook --apiserver-fqdn kubernetes.default.svc \
     --host-alias-ip "$HOST_ALIAS_IP" --node-ip "$HOST_ALIAS_IP" --setup-iptables --image "$AGENT_REF" --wait --timeout 3m
-  run $PLUGIN --context cl02 status
+  run kubectl apiproxy --context cl02 status
   k --context cl02 -n apiproxy-system get pods -o wide
 
   say "webhook: a new pod gets the injected API server address"
@@ -157,27 +157,27 @@ up_real_node() {
 
   say "the pod lists pods with its in-cluster config, through the node IP $HOST_ALIAS_IP"
   printf '$ kubectl exec client -- /app kube-get /api/v1/namespaces/default/pods\n'
-  "$KUBECTL" --context cl02 exec client -- /app kube-get /api/v1/namespaces/default/pods | cut -c1-160
+  kubectl --context cl02 exec client -- /app kube-get /api/v1/namespaces/default/pods | cut -c1-160
   k --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c node --tail 2
 
   say "Liqo: cl02's proxy Service as cl01 sees it"
-  CLUSTER_IP=$("$KUBECTL" --context cl02 -n apiproxy-system get service apiproxy-proxy -o jsonpath='{.spec.clusterIP}')
-  k --context cl02 -n liqo get ip -o wide
+  CLUSTER_IP=$(kubectl --context cl02 -n apiproxy-system get service apiproxy-proxy -o jsonpath='{.spec.clusterIP}')
+  k --context cl02 -n liqo get ips.ipam.liqo.io -o wide
   echo "(Liqo's IPAM would now give the IP its remapped address; this demo's peering maps cl02's"
   echo " Service range $SERVICE_CIDR to itself in cl01, so the address is the ClusterIP, which this"
   echo " machine reaches through kube-proxy and the bridge)"
-  k --context cl02 -n liqo patch ip api-server-proxy --subresource status --type merge \
+  k --context cl02 -n liqo patch ips.ipam.liqo.io api-server-proxy --subresource status --type merge \
     -p "{\"status\":{\"ip\":\"$CLUSTER_IP\",\"cidr\":\"$SERVICE_CIDR\"}}"
-  run $PLUGIN --context cl02 get-ip --remote cl01 -o wide
+  run kubectl apiproxy --context cl02 get-ip --remote cl01 -o wide
 
   say "connect: kubectl get ns on cl02 through the proxy pod (TLS end to end)"
-  run $PLUGIN --context cl02 connect --remote cl01 -- "$KUBECTL" get ns
+  run kubectl apiproxy --context cl02 connect --remote cl01 -- kubectl get ns
   echo "(only-in-cl02 exists in cl02 alone: the answer came from cl02's API server, via the proxy pod)"
   k --context cl02 -n apiproxy-system logs deployment/apiproxy-proxy --tail 2
 
   say "A kubeconfig with proxy-url, for clients inside cl01"
-  $PLUGIN --context cl02 connect --remote cl01 --write-kubeconfig "$DEMO/cl02-via-proxy.yaml"
-  "$KUBECTL" --kubeconfig "$DEMO/cl02-via-proxy.yaml" get ns only-in-cl02
+  kubectl apiproxy --context cl02 connect --remote cl01 --write-kubeconfig "$DEMO/cl02-via-proxy.yaml"
+  kubectl --kubeconfig "$DEMO/cl02-via-proxy.yaml" get ns only-in-cl02
   try_it "$ASSETS"
 }
 

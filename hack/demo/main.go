@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -37,6 +38,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/apiproxy/apiproxy/internal/imagebuild"
 	"github.com/apiproxy/apiproxy/test/fixtures/liqo"
@@ -58,6 +60,7 @@ func main() {
 	lockWait := flag.Duration("lock-wait", 5*time.Minute, "how long to wait for another real-node cluster on this machine to end")
 	cleanup := flag.Bool("cleanup", false, "only remove what a killed real-node demo left behind, if no other real-node cluster runs")
 	flag.Parse()
+	ctrllog.SetLogger(logr.Discard()) // envtest.InstallCRDs logs through controller-runtime; the demo has no use for it
 	if *cleanup {
 		os.Exit(runCleanup(*nodeAssets))
 	}
@@ -106,6 +109,10 @@ func upAPIServersOnly(td *harness.Teardown, dir, assets, agent string) error {
 	return nil
 }
 
+// machineLock is the open lock file while this process holds realnode.LockFile: referenced here for
+// the process's life, since a collected *os.File closes its descriptor, and that releases the lock.
+var machineLock *os.File
+
 // lockMachine takes realnode.LockFile, waiting at most wait (and not past a signal), and tells the
 // harness it is held (realnode.InheritedLockEnv) so StartWith does not wait for this process itself.
 // The lock lasts as long as the process: the kernel releases it when the process exits.
@@ -119,6 +126,7 @@ func lockMachine(wait time.Duration, sig <-chan os.Signal) error {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
+			machineLock = f
 			return os.Setenv(realnode.InheritedLockEnv, "1")
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
