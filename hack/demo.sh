@@ -14,6 +14,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 down() {
+  local clean=0
   if [[ -f $DEMO/env.pid ]]; then
     pid=$(cat $DEMO/env.pid)
     if kill -0 "$pid" 2>/dev/null; then
@@ -26,10 +27,14 @@ down() {
       fi
     fi
     [[ -f $DEMO/env.log ]] && grep -E '^demo: |teardown' "$DEMO/env.log" | tail -3 || true
+    grep -q '^demo: stopped in' "$DEMO/env.log" 2>/dev/null && clean=1
+    grep -q 'real-node teardown:' "$DEMO/env.log" 2>/dev/null && clean=0
+    # Nothing to clean when the node never started (e.g. the lock was held).
+    grep -q '^starting cl02 on a real node' "$DEMO/env.log" 2>/dev/null || clean=1
   fi
   # A real-node demo that was killed (or crashed) leaves the node's processes, links, rules and
   # mounts: remove them, unless another real-node cluster holds the machine's lock now.
-  if [[ -f $DEMO/realnode && -x bin/demo-env ]]; then
+  if [[ $clean == 0 && -f $DEMO/realnode && -x bin/demo-env ]]; then
     bin/demo-env --cleanup --node-assets "$(cat $DEMO/realnode)"
   fi
   rm -rf "$DEMO"
@@ -65,7 +70,7 @@ start_env() { # timeout-seconds args...
   while [[ ! -f $DEMO/ready ]]; do
     if [[ -f $DEMO/env.log ]]; then
       n=$(wc -l < "$DEMO/env.log")
-      if ((n > shown)); then sed -n "$((shown + 1)),${n}p" "$DEMO/env.log" | grep -v '^--- \|^\s' | cut -c1-200 || true; shown=$n; fi
+      if ((n > shown)); then sed -n "$((shown + 1)),${n}p" "$DEMO/env.log" | grep -v '^--- \|^\s' || true; shown=$n; fi
     fi
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -n +$((shown + 1)) "$DEMO/env.log"
@@ -125,7 +130,8 @@ up_real_node() {
   say "Building the plugin, the agent image (make image, no Docker) and the test images"
   make -s build
   ASSETS=$(hack/test-assets.sh --api-only)
-  AGENT_REF=apiproxy.local/agent:demo
+  # Tagged with the plugin's version (make passes VERSION), so status reports no version skew.
+  AGENT_REF=apiproxy.local/agent:${VERSION:-demo}
   make -s image IMAGE=$AGENT_REF DIST=$DEMO/images
   go build -o bin/demo-env ./hack/demo
   CGO_ENABLED=0 go build -o $DEMO/images/pause ./test/images/pause
@@ -158,7 +164,10 @@ up_real_node() {
   say "the pod lists pods with its in-cluster config, through the node IP $HOST_ALIAS_IP"
   printf '$ kubectl exec client -- /app kube-get /api/v1/namespaces/default/pods\n'
   kubectl --context cl02 exec client -- /app kube-get /api/v1/namespaces/default/pods | cut -c1-160
-  k --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c node --tail 2
+  echo "(the node agent keeps $HOST_ALIAS_IP on the node; its forwarder, a proxy on that address, carried the request:)"
+  k --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c node --tail 1
+  printf '$ kubectl --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c proxy | grep tunnel\n'
+  kubectl --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c proxy | grep '"tunnel"' | tail -1
 
   say "Liqo: cl02's proxy Service as cl01 sees it"
   CLUSTER_IP=$(kubectl --context cl02 -n apiproxy-system get service apiproxy-proxy -o jsonpath='{.spec.clusterIP}')
@@ -173,7 +182,8 @@ up_real_node() {
   say "connect: kubectl get ns on cl02 through the proxy pod (TLS end to end)"
   run kubectl apiproxy --context cl02 connect --remote cl01 -- kubectl get ns
   echo "(only-in-cl02 exists in cl02 alone: the answer came from cl02's API server, via the proxy pod)"
-  k --context cl02 -n apiproxy-system logs deployment/apiproxy-proxy --tail 2
+  printf '$ kubectl --context cl02 -n apiproxy-system logs -l app.kubernetes.io/component=proxy --prefix | grep tunnel\n'
+  kubectl --context cl02 -n apiproxy-system logs -l app.kubernetes.io/component=proxy --prefix --tail 50 | grep '"tunnel"' | tail -1
 
   say "A kubeconfig with proxy-url, for clients inside cl01"
   kubectl apiproxy --context cl02 connect --remote cl01 --write-kubeconfig "$DEMO/cl02-via-proxy.yaml"
