@@ -32,6 +32,7 @@ down() {
     # Nothing to clean when the node never started (e.g. the lock was held).
     grep -q '^starting cl02 on a real node' "$DEMO/env.log" 2>/dev/null || clean=1
   fi
+  stop_recorded_children
   # A real-node demo that was killed (or crashed) leaves the node's processes, links, rules and
   # mounts: remove them, unless another real-node cluster holds the machine's lock now.
   if [[ $clean == 0 && -f $DEMO/realnode && -x bin/demo-env ]]; then
@@ -39,6 +40,35 @@ down() {
   fi
   rm -rf "$DEMO"
   echo "demo stopped and $DEMO removed"
+}
+
+# stop_recorded_children stops, by PID, what a killed demo environment left running (the API servers
+# and etcd it started; bin/demo-env recorded their PIDs with their start times in $DEMO/children).
+stop_recorded_children() {
+  [[ -f $DEMO/children ]] || return 0
+  local pid start left=() dirs=()
+  while read -r pid start; do
+    # Still the same process: field 22 of /proc/PID/stat is its start time (the name has no spaces).
+    [[ -r /proc/$pid/stat && $(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null) == "$start" ]] || continue
+    [[ $(awk '{print $3}' "/proc/$pid/stat") == Z ]] && continue
+    # envtest's data and certificate directories, which its Stop would have removed.
+    mapfile -t -O "${#dirs[@]}" dirs < <(tr '\0' '\n' < "/proc/$pid/cmdline" | grep -oE '^--(data|cert)-dir=/tmp/k8s_test_framework_[0-9]+$' | cut -d= -f2)
+    kill -TERM "$pid" 2>/dev/null && left+=("$pid")
+  done < "$DEMO/children"
+  if ((${#left[@]})); then
+    echo "stopping ${#left[@]} processes the demo environment left running: ${left[*]}"
+    local alive
+    for _ in $(seq 1 50); do
+      alive=()
+      for pid in "${left[@]}"; do
+        if kill -0 "$pid" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; then alive+=("$pid"); fi
+      done
+      ((${#alive[@]})) || break
+      sleep 0.2
+    done
+    ((${#alive[@]} == 0)) || kill -KILL "${alive[@]}" 2>/dev/null || true
+  fi
+  if ((${#dirs[@]})); then rm -rf "${dirs[@]}"; fi
 }
 
 # why_not_real_node prints why cl02 cannot be a real node here, or nothing when it can.

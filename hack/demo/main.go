@@ -88,6 +88,10 @@ func main() {
 		td.Run()
 		os.Exit(1)
 	}
+	// If this process is killed, its teardown does not run: demo-down then stops these by PID.
+	if err := recordChildren(filepath.Join(abs, "children")); err != nil {
+		fmt.Fprintln(os.Stderr, "demo: recording the PIDs it started:", err)
+	}
 	if err := os.WriteFile(filepath.Join(abs, "ready"), []byte("ready\n"), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
@@ -97,6 +101,35 @@ func main() {
 	td.Run()
 	_ = os.Remove(filepath.Join(abs, "ready"))
 	fmt.Printf("demo: stopped in %s\n", time.Since(start).Round(100*time.Millisecond))
+}
+
+// recordChildren writes "PID START-TIME" of this process's children (the API servers, etcd, the
+// node's components), so `make demo-down` can stop them by PID after a kill of this process without
+// hitting a reused PID (the start time, field 22 of /proc/PID/stat, must still match).
+func recordChildren(path string) error {
+	tasks, err := filepath.Glob("/proc/self/task/*/children")
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, t := range tasks {
+		kids, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, pid := range strings.Fields(string(kids)) {
+			stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+			if err != nil {
+				continue
+			}
+			// Fields after the command name, which is in parentheses and may hold spaces.
+			rest := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+			if len(rest) > 19 {
+				fmt.Fprintf(&b, "%s %s\n", pid, rest[19])
+			}
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
 func upAPIServersOnly(td *harness.Teardown, dir, assets, agent string) error {
