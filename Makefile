@@ -44,10 +44,10 @@ e2e: test-assets ## only the end-to-end tests (test/e2e)
 bench: test-assets ## benchmarks with ratios against baselines measured in the same run
 	KUBEBUILDER_ASSETS=$(ASSETS) go run ./test/bench
 
-demo: ## the seed's cl01/cl02 example on this machine: get-ip and connect, end to end
-	hack/demo.sh up
+demo: ## the seed's cl01/cl02 example on this machine (as root on Linux: cl02 on a real node, the agents as pods)
+	VERSION=$(VERSION) hack/demo.sh up
 
-demo-down: ## stop what `make demo` started
+demo-down: ## stop what `make demo` started, by PID, and clean the real node up
 	hack/demo.sh down
 
 FUZZTIME ?= 1m
