@@ -109,7 +109,9 @@ func Wait(ctx context.Context, c *Client, namespace string, roles []Role, timeou
 			if !w.synced() {
 				return timeoutError(namespace, timeout, unreadStates(roles, w.lastError()))
 			}
-			return timeoutError(namespace, timeout, states)
+			// The caches may have synced after the last evaluation (a short --timeout, a slow
+			// first list): judge them now, still without a request.
+			return timeoutError(namespace, timeout, w.evaluate(roles, start, time.Now()))
 		case <-w.changed:
 		case <-tick.C:
 		}
