@@ -392,47 +392,16 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 	})
 
 	t.Run("token user: connect's listener, kubectl port-forward through it", func(t *testing.T) {
-		cmd := exec.Command(pluginBin(t), "--kubeconfig", e.tokenKC, "--context", "cl02", "connect", "--remote", "cl01")
-		cmd.Env = append(os.Environ(), "KUBECONFIG=")
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var stderr testnet.SyncBuffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		kubeconfig := make(chan string, 1)
-		go func() {
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				if path, ok := strings.CutPrefix(sc.Text(), "export KUBECONFIG="); ok {
-					kubeconfig <- path
-				}
-			}
-			_ = cmd.Wait()
-			close(exited)
-		}()
+		// Its stderr joins the others checked for token text, once connect has stopped (cleanups
+		// run last-registered first).
+		var stderr *testnet.SyncBuffer
 		t.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-exited:
-			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-				<-exited
+			if stderr != nil {
+				e.stderrs = append(e.stderrs, stderr.String())
 			}
-			e.stderrs = append(e.stderrs, stderr.String())
 		})
 		var kc string
-		select {
-		case kc = <-kubeconfig:
-		case <-exited:
-			t.Fatalf("connect exited: %s", stderr.String())
-		case <-time.After(60 * time.Second):
-			t.Fatalf("connect printed no kubeconfig in 60s: %s", stderr.String())
-		}
+		kc, stderr = startConnectLog(t, e.tokenKC, "--remote", "cl01")
 		local := nodestandin.PortForward(t, e.kubectl, []string{"KUBECONFIG="}, "--kubeconfig", kc, "-n", "default", "port-forward", "pod/web", ":8080")
 		nodestandin.RoundTrip(t, local, echoPrefix, "port-forward through connect and tokenreview")
 	})
