@@ -382,7 +382,20 @@ func idleRSS(p *proc, n int) (float64, error) {
 		c.Close()
 	}
 	time.Sleep(time.Second)
-	before, err := rssKiB(p.pid)
+	return rssGrowthPerConn(p.pid, n, func(i int) (net.Conn, error) {
+		c, err := p.open('E')
+		if err != nil {
+			return nil, fmt.Errorf("tunnel %d: %w", i, err)
+		}
+		return c, nil
+	})
+}
+
+// rssGrowthPerConn holds n connections from open and returns the RSS growth of pid's process tree
+// per connection in KiB, sampled after the process settled (the runtime returns what the setup burst
+// used; the last of a few samples counts).
+func rssGrowthPerConn(pid, n int, open func(i int) (net.Conn, error)) (float64, error) {
+	before, err := rssKiB(pid)
 	if err != nil {
 		return 0, err
 	}
@@ -393,24 +406,18 @@ func idleRSS(p *proc, n int) (float64, error) {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		c, err := p.open('E')
+		c, err := open(i)
 		if err != nil {
-			return 0, fmt.Errorf("tunnel %d: %w", i, err)
+			return 0, err
 		}
 		conns = append(conns, c)
 	}
-	// Let the process settle (the runtime returns what the setup burst used); take the last of a few
-	// samples.
 	var after float64
 	for i := 0; i < 3; i++ {
 		time.Sleep(time.Second)
-		if after, err = rssKiB(p.pid); err != nil {
+		if after, err = rssKiB(pid); err != nil {
 			return 0, err
 		}
-	}
-	if p.profiled {
-		_ = syscall.Kill(p.pid, syscall.SIGUSR1) // heap profile with the idle tunnels open
-		time.Sleep(200 * time.Millisecond)
 	}
 	return (after - before) / float64(n), nil
 }

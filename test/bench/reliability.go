@@ -192,31 +192,7 @@ func runReliabilityBench() ([]Row, error) {
 // connection in KiB.
 func headlessRSS(p *agentProxy, n int) (float64, error) {
 	time.Sleep(500 * time.Millisecond)
-	before, err := rssKiB(p.cmd.Process.Pid)
-	if err != nil {
-		return 0, err
-	}
-	conns := make([]net.Conn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", p.listen)
-		if err != nil {
-			return 0, err
-		}
-		conns = append(conns, c)
-	}
-	var after float64
-	for i := 0; i < 3; i++ {
-		time.Sleep(time.Second)
-		if after, err = rssKiB(p.cmd.Process.Pid); err != nil {
-			return 0, err
-		}
-	}
-	return (after - before) / float64(n), nil
+	return rssGrowthPerConn(p.cmd.Process.Pid, n, func(int) (net.Conn, error) { return net.Dial("tcp", p.listen) })
 }
 
 type sigtermResult struct {
