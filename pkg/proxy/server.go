@@ -25,6 +25,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/apiproxy/apiproxy/pkg/gopool"
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
 
@@ -66,8 +67,12 @@ type Config struct {
 	// Dialer dials TCP (the upstream, allowed targets, or the upstream proxy). Nil means a net.Dialer;
 	// tests inject their own.
 	Dialer tunnel.ContextDialer
-	// Logger gets one line per tunnel. The zero value discards.
+	// Logger gets the proxy's events and, unless AccessLog is set, one line per tunnel. The zero
+	// value discards.
 	Logger logr.Logger
+	// AccessLog, when set, receives the line per tunnel instead of Logger, in klog's text format,
+	// one Write per line; give it a pkg/logbatch Writer to save a write(2) per tunnel.
+	AccessLog io.Writer
 	// Registerer receives the metrics (nil: not registered).
 	Registerer prometheus.Registerer
 }
@@ -189,7 +194,7 @@ func (s *Server) serve(l net.Listener, kind string, handle func(net.Conn)) error
 			c.Close()
 			continue
 		}
-		go handle(c)
+		gopool.Go(func() { handle(c) })
 	}
 }
 
@@ -391,12 +396,17 @@ func (s *Server) newLog(kind string, c net.Conn) *tunnelLog {
 // only counted, unless dialing the upstream for it failed (the transparent path dials at once).
 func (s *Server) done(c net.Conn, tl *tunnelLog) {
 	defer s.untrackConn(c)
-	s.m.total.WithLabelValues(tl.kind, tl.result).Inc()
+	// The counter moves once the line and the audit record are written, so whoever watches it finds
+	// them (the deferred Inc runs before untrackConn).
+	defer s.m.total.WithLabelValues(tl.kind, tl.result).Inc()
 	if !tl.sent && tl.up == 0 && tl.result != ResultDialRefused && tl.result != ResultDialTimeout {
 		return
 	}
-	d := time.Since(tl.start)
-	if logger := s.cfg.Logger; logger.Enabled() {
+	now := time.Now()
+	d := now.Sub(tl.start)
+	if s.cfg.AccessLog != nil {
+		s.writeAccessLine(tl, now, d)
+	} else if logger := s.cfg.Logger; logger.Enabled() {
 		kv := make([]any, 0, 26)
 		kv = append(kv, "id", tl.id, "listener", tl.kind, "peer", tl.source, "authority", tl.authority,
 			"dialed", tl.dialed, "bytesUp", tl.up, "bytesDown", tl.down, "duration", d.Round(time.Microsecond),

@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/apiproxy/apiproxy/pkg/gopool"
 )
 
 // parker watches the sockets of idle tunnel directions on one epoll instance of its own, so that an
@@ -83,7 +85,7 @@ func (p *parker) resumeLocked(d *direction) {
 	delete(p.waiting, int32(d.fd))
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, d.fd, nil)
 	d.parked = false
-	go d.loop()
+	gopool.Go(d.loop)
 }
 
 // closeTunnel marks r as closing, unregisters its parked directions (before the descriptors are
@@ -104,6 +106,6 @@ func (p *parker) closeTunnel(r *relay) {
 	r.a.Close()
 	r.b.Close()
 	for _, d := range resume {
-		go d.loop()
+		gopool.Go(d.loop)
 	}
 }

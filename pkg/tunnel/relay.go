@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/apiproxy/apiproxy/pkg/gopool"
 )
 
 // RelayOptions tunes Relay. The zero value relays until both sides are done.
@@ -53,8 +55,8 @@ func Relay(a, b net.Conn, opts RelayOptions) RelayResult {
 // deeper stack that parsing and dialing grew is not kept by an idle tunnel.
 func Start(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel {
 	t := NewTunnel(a, b, opts, done)
-	go t.r.dirs[1].run()
-	go t.r.dirs[0].run()
+	gopool.Go(t.r.dirs[1].run)
+	gopool.Go(t.r.dirs[0].run)
 	return t
 }
 
@@ -67,8 +69,8 @@ func NewTunnel(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel
 	r := &relay{a: a, b: b, opts: opts, done: done}
 	r.last.Store(time.Now().UnixNano())
 	r.pending.Store(2)
-	r.dirs[0] = &direction{r: r, dst: unwrap(a), src: unwrap(b), orig: b}
-	r.dirs[1] = &direction{r: r, dst: unwrap(b), src: unwrap(a), orig: a, aToB: true}
+	r.dirs[0] = &direction{r: r, dst: unwrap(a), src: unwrap(b), orig: b, watchSlot: -1}
+	r.dirs[1] = &direction{r: r, dst: unwrap(b), src: unwrap(a), orig: a, aToB: true, watchSlot: -1}
 	return &Tunnel{r: r}
 }
 
@@ -76,7 +78,7 @@ func NewTunnel(a, b net.Conn, opts RelayOptions, done func(RelayResult)) *Tunnel
 // quiet (it then parks or moves to a fresh goroutine) or ends. It saves a goroutine (and the
 // growth of its stack) per tunnel. The end of the tunnel is reported through done. Call it once.
 func (t *Tunnel) Run() {
-	go t.r.dirs[0].run()
+	gopool.Go(t.r.dirs[0].run)
 	t.r.dirs[1].run()
 }
 
@@ -101,6 +103,9 @@ type direction struct {
 	total    int64
 	fd       int  // src's descriptor, for parking (valid until the tunnel closes)
 	parked   bool // guarded by idle.mu
+
+	watchSlot int    // index in quiet.active, -1 when not watched; guarded by quiet.mu
+	watchTick uint64 // quiet.tick when the watch began; guarded by quiet.mu
 }
 
 func (d *direction) run() {
@@ -143,7 +148,8 @@ func (d *direction) count(n int64) {
 	}
 }
 
-// parkAfter is how long a direction must be quiet before it parks on the shared epoll: short
+// parkAfter is how long a direction must be quiet before it parks on the shared epoll (between
+// one and two periods, see quietWatch): short
 // enough that a burst of new tunnels does not pile up goroutines, long enough that busy tunnels
 // (request/response ping-pong, bulk) stay on the runtime poller, which is faster to wake.
 const parkAfter = 25 * time.Millisecond
@@ -187,32 +193,39 @@ func (d *direction) loop() {
 	}
 }
 
-// streamThenPark copies like io.Copy (TCP to TCP: splice(2), as fast as a plain relay) in windows
-// of parkAfter; after a window without a byte it parks the direction on the shared epoll: its
-// goroutine, stack and splice pipe are released, and a new goroutine takes over when src is
-// readable again. So a busy tunnel never parks, and an idle one holds no goroutine at all.
+// streamThenPark copies like io.Copy (TCP to TCP: splice(2), as fast as a plain relay) while
+// quietWatch checks every parkAfter whether bytes still move; after a period without a byte it
+// parks the direction on the shared epoll: its goroutine, stack and splice pipe are released, and
+// a new goroutine takes over when src is readable again. So a busy tunnel never parks, and an idle
+// one holds no goroutine at all.
 func (d *direction) streamThenPark() {
-	_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
+	watched := true
 	for {
+		if watched {
+			quiet.watch(d)
+		}
 		n, err := io.Copy(d.dst, d.src)
 		d.count(n)
+		if watched {
+			quiet.unwatch(d)
+		}
 		switch {
 		case err == nil: // EOF
 			d.finish(nil)
 			return
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case watched && errors.Is(err, os.ErrDeadlineExceeded):
+			// quietWatch interrupted the copy; no tick touches the deadline after unwatch.
+			_ = d.src.SetReadDeadline(time.Time{})
 			if n > 0 {
-				// Still busy: another window on this goroutine.
-				_ = d.src.SetReadDeadline(time.Now().Add(parkAfter))
-				continue
+				continue // still busy
 			}
-			// Quiet for a whole window. Bytes read before the deadline were all written: nothing
-			// is lost by parking.
+			// Quiet for a whole period. Bytes read before the interruption were all written:
+			// nothing is lost by parking.
 			if idle.park(d) {
 				return
 			}
-			// The tunnel is closing: keep reading here to see it.
-			_ = d.src.SetReadDeadline(time.Time{})
+			// The tunnel is closing: keep reading here, unwatched, to see it.
+			watched = false
 		default:
 			d.finish(err)
 			return

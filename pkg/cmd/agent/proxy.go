@@ -20,6 +20,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/apiproxy/apiproxy/pkg/health"
+	"github.com/apiproxy/apiproxy/pkg/logbatch"
 	"github.com/apiproxy/apiproxy/pkg/proxy"
 	"github.com/apiproxy/apiproxy/pkg/proxy/tokenreview"
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
@@ -214,13 +215,16 @@ func (o *proxyOptions) Validate() error {
 // Run serves until ctx ends (a signal), then drains for --shutdown-grace.
 func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 	logger := klog.Background().WithName("proxy")
+	// The line per tunnel is the access log: klog's format, written in batches (see pkg/logbatch).
+	accessLog := logbatch.New(errOut, 100*time.Millisecond)
+	defer accessLog.Flush()
 	hs := health.New()
 	cfg := proxy.Config{
 		Upstream: o.Upstream, Allow: o.allow, UpstreamProxy: o.UpstreamProxy,
 		DialTimeout: o.DialTimeout, HeaderTimeout: o.HeaderTimeout, MaxHeaderBytes: o.MaxHeaderBytes,
 		IdleTimeout: o.IdleTimeout, MaxTunnels: o.MaxTunnels, KeepAlive: o.KeepAlive,
 		MaxPendingHeads: o.MaxPendingHeads, AllowSources: o.sources,
-		Logger: logger, Registerer: hs.Registry,
+		Logger: logger, AccessLog: accessLog, Registerer: hs.Registry,
 	}
 	if o.Auth == authTokenReview {
 		a, err := o.tokenReviewer()
@@ -335,6 +339,9 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		logger.Info("grace period over, closed the remaining tunnels")
 	} else {
 		logger.Info("drained")
+	}
+	if err := accessLog.Flush(); err != nil {
+		logger.Error(err, "writing the access log")
 	}
 	klog.Flush()
 	if serveErr != nil && !errors.Is(serveErr, proxy.ErrServerClosed) {
