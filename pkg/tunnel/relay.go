@@ -148,10 +148,11 @@ func (d *direction) count(n int64) {
 	}
 }
 
-// parkAfter is how long a direction must be quiet before it parks on the shared epoll (between
-// one and two periods, see quietWatch): short
-// enough that a burst of new tunnels does not pile up goroutines, long enough that busy tunnels
-// (request/response ping-pong, bulk) stay on the runtime poller, which is faster to wake.
+// parkAfter is how long a direction may stay quiet before it parks on the shared epoll (it parks
+// after between parkAfter/2 and parkAfter, see quietWatch): short enough that a burst of new
+// tunnels does not pile up goroutines (their stacks stay in the process's RSS), long enough that
+// busy tunnels (request/response ping-pong, bulk) stay on the runtime poller, which is faster to
+// wake.
 const parkAfter = 25 * time.Millisecond
 
 // loop moves bytes until src ends or fails. With ParkIdle (see streamThenPark) or else waiting on
