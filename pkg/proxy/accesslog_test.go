@@ -32,7 +32,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// The access line must read exactly like the line klog wrote before (tools and people grep it):
+// The access line must read exactly like the line klog wrote before through the agent's logger
+// named "proxy" (tools and people grep it):
 // same header shape, same message, keys, order and quoting.
 func TestAccessLineIsKlogText(t *testing.T) {
 	tl := &tunnelLog{kind: KindConnect, source: "127.0.0.1:5555", authority: "kubernetes.default.svc:443",
@@ -45,7 +46,7 @@ func TestAccessLineIsKlogText(t *testing.T) {
 	s.writeAccessLine(tl, now, d)
 
 	var theirs bytes.Buffer
-	kl := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(&theirs)))
+	kl := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(&theirs))).WithName("proxy")
 	kl.Info("tunnel", "id", tl.id, "listener", tl.kind, "peer", tl.source, "authority", tl.authority,
 		"dialed", tl.dialed, "bytesUp", tl.up, "bytesDown", tl.down, "duration", d.Round(time.Microsecond),
 		"result", tl.result, "user", tl.identity.User, "error", tl.err.Error())
@@ -79,7 +80,7 @@ func TestTunnelLineGoesToTheAccessLog(t *testing.T) {
 	}
 	waitFor(t, func() bool { return strings.Contains(access.String(), "\n") })
 	line := access.String()
-	for _, want := range []string{`"tunnel" id=`, `authority="kubernetes.default.svc:443"`, `dialed="` + up + `"`,
+	for _, want := range []string{`"tunnel" logger="proxy" id=`, `authority="kubernetes.default.svc:443"`, `dialed="` + up + `"`,
 		"bytesUp=5", "bytesDown=9", `result="ok"`} {
 		if !strings.Contains(line, want) {
 			t.Errorf("access line %q lacks %s", line, want)

@@ -71,6 +71,15 @@ func apiClientsFor(cfg *rest.Config, proxy *url.URL, n int) ([]kubernetes.Interf
 	return out, nil
 }
 
+// apiClientsVia makes n clientsets that connect to addr (a transparent TCP hop) as if it were the
+// server, verifying the server's certificate for serverName.
+func apiClientsVia(cfg *rest.Config, addr, serverName string, n int) ([]kubernetes.Interface, error) {
+	c := rest.CopyConfig(cfg)
+	c.Host = "https://" + addr
+	c.TLSClientConfig.ServerName = serverName
+	return apiClientsFor(c, nil, n)
+}
+
 // apiGets runs one GET loop per client for d (at most 100,000 requests in all): requests/s and the
 // latencies in ms.
 func apiGets(clients []kubernetes.Interface, d time.Duration) (float64, []float64, error) {
@@ -221,6 +230,28 @@ func runAPIBench() ([]Table, error) {
 	if err != nil {
 		return nil, err
 	}
+
+	// The hops: the agent on its CONNECT listener (how `connect` and peers use it), the agent on a
+	// transparent listener (the node IP), and HAProxy (mode tcp) as the reference of what any TCP
+	// hop costs on this machine. client-go reaches a transparent hop as if it were the server,
+	// with the server's name for TLS.
+	type side struct {
+		name    string
+		clients []kubernetes.Interface
+		hop     *proc // nil: direct
+	}
+	var sides []*side
+	var stops []func()
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	direct, err := apiClientsFor(cl.Config, nil, *apiClients)
+	if err != nil {
+		return nil, err
+	}
+	sides = append(sides, &side{name: "direct", clients: direct})
 	listen, err := freeLoopbackAddr()
 	if err != nil {
 		return nil, err
@@ -230,42 +261,76 @@ func runAPIBench() ([]Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ag.stop()
-
-	direct, err := apiClientsFor(cl.Config, nil, *apiClients)
-	if err != nil {
-		return nil, err
-	}
+	stops = append(stops, ag.stop)
 	tunneled, err := apiClientsFor(cl.Config, &url.URL{Scheme: "http", Host: listen}, *apiClients)
 	if err != nil {
 		return nil, err
 	}
-	// Warm up both: connections, TLS, HTTP/2, the server's caches.
-	for _, cs := range [][]kubernetes.Interface{direct, tunneled} {
-		if _, _, err := apiGets(cs, 300*time.Millisecond); err != nil {
-			return nil, err
+	sides = append(sides, &side{name: "agent proxy (CONNECT)", clients: tunneled, hop: ag})
+	listenTCP, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	agTCP, err := startGoChild("agent --listen-tcp", exec.Command(bin, "proxy", "--listen", "", "--listen-tcp", listenTCP,
+		"--upstream", u.Host, "--metrics-addr", "", "--shutdown-grace", "1s"), listenTCP)
+	if err != nil {
+		return nil, err
+	}
+	stops = append(stops, agTCP.stop)
+	viaTCP, err := apiClientsVia(cl.Config, listenTCP, u.Hostname(), *apiClients)
+	if err != nil {
+		return nil, err
+	}
+	sides = append(sides, &side{name: "agent --listen-tcp", clients: viaTCP, hop: agTCP})
+	var notes []string
+	if *proxyPeers {
+		installPeers()
+		for _, spec := range peerSpecs {
+			if spec.name != "HAProxy" {
+				continue
+			}
+			hp, _, err := startPeer(spec, u.Host)
+			if err != nil {
+				notes = append(notes, "HAProxy skipped: "+err.Error())
+				fmt.Fprintln(os.Stderr, "api: HAProxy skipped: "+err.Error())
+				continue
+			}
+			stops = append(stops, hp.stop)
+			viaHAProxy, err := apiClientsVia(cl.Config, hp.addr, u.Hostname(), *apiClients)
+			if err != nil {
+				return nil, err
+			}
+			sides = append(sides, &side{name: "HAProxy (tcp)", clients: viaHAProxy, hop: hp})
+		}
+	}
+
+	// Warm up every side: connections, TLS, HTTP/2, the server's caches.
+	for _, sd := range sides {
+		if _, _, err := apiGets(sd.clients, 300*time.Millisecond); err != nil {
+			return nil, fmt.Errorf("GETs %s: %w", sd.name, err)
 		}
 	}
 	rps := map[string][]float64{}
 	lat := map[string][]float64{}
+	hopCPU := map[string][]float64{} // µs of the hop's CPU per GET
 	for round := 0; round < *proxyRounds; round++ {
 		fmt.Fprintf(os.Stderr, "api: round %d/%d\n", round+1, *proxyRounds)
-		order := []string{"direct", "tunnel"}
-		if round%2 == 1 {
-			order = []string{"tunnel", "direct"}
-		}
-		for _, side := range order {
-			cs := direct
-			if side == "tunnel" {
-				cs = tunneled
+		for i := range sides {
+			sd := sides[(i+round)%len(sides)] // rotate the order: every side runs first once
+			var cpu0 float64
+			if sd.hop != nil {
+				cpu0 = cpuSeconds(sd.hop.pid)
 			}
-			r, l, err := apiGets(cs, 2*time.Second)
+			r, l, err := apiGets(sd.clients, 2*time.Second)
 			if err != nil {
-				return nil, fmt.Errorf("GETs %s: %w", side, err)
+				return nil, fmt.Errorf("GETs %s: %w", sd.name, err)
 			}
-			rps[side] = append(rps[side], r)
-			lat[side+" p50"] = append(lat[side+" p50"], percentile(l, 0.5))
-			lat[side+" p99"] = append(lat[side+" p99"], percentile(l, 0.99))
+			if sd.hop != nil {
+				hopCPU[sd.name] = append(hopCPU[sd.name], (cpuSeconds(sd.hop.pid)-cpu0)*1e6/float64(len(l)))
+			}
+			rps[sd.name] = append(rps[sd.name], r)
+			lat[sd.name+" p50"] = append(lat[sd.name+" p50"], percentile(l, 0.5))
+			lat[sd.name+" p99"] = append(lat[sd.name+" p99"], percentile(l, 0.99))
 		}
 	}
 	fmt.Fprintf(os.Stderr, "api: watch, %d events\n", *apiEvents)
@@ -274,10 +339,39 @@ func runAPIBench() ([]Table, error) {
 		return nil, fmt.Errorf("watch: %w", err)
 	}
 
-	t := Table{Title: fmt.Sprintf("client-go against a real kube-apiserver, %d clients", *apiClients),
-		Header: []string{"metric", "direct", "through agent proxy", "tunnel ÷ direct", "target", "holds"}}
-	row := func(name string, d, tv float64, format, target string, ok func(r float64) bool) {
-		r := tv / d
+	header := []string{"metric"}
+	for _, sd := range sides {
+		header = append(header, sd.name)
+	}
+	header = append(header, "agent (CONNECT) ÷ direct")
+	hasPeer := len(sides) == 4
+	if hasPeer {
+		header = append(header, "HAProxy ÷ direct")
+	}
+	header = append(header, "target", "holds")
+	t := Table{Title: fmt.Sprintf("client-go against a real kube-apiserver, %d clients", *apiClients), Header: header}
+	row := func(name, format, target string, ok func(r float64) bool, vals func(sd *side) float64) {
+		cells := []string{name}
+		for _, sd := range sides {
+			v := vals(sd)
+			if v == 0 && sd.hop == nil && strings.Contains(name, "CPU") {
+				cells = append(cells, "")
+				continue
+			}
+			cells = append(cells, fmt.Sprintf(format, v))
+		}
+		d := vals(sides[0])
+		r := vals(sides[1]) / d
+		ratio := func(v float64) string {
+			if d == 0 {
+				return ""
+			}
+			return fmt.Sprintf("%.2fx", v/d)
+		}
+		cells = append(cells, ratio(vals(sides[1])))
+		if hasPeer {
+			cells = append(cells, ratio(vals(sides[3])))
+		}
 		holds := ""
 		if ok != nil {
 			holds = "no"
@@ -285,14 +379,32 @@ func runAPIBench() ([]Table, error) {
 				holds = "yes"
 			}
 		}
-		t.Rows = append(t.Rows, []string{name, fmt.Sprintf(format, d), fmt.Sprintf(format, tv), fmt.Sprintf("%.2fx", r), target, holds})
+		t.Rows = append(t.Rows, append(cells, target, holds))
 	}
-	row("GET requests/s", median(rps["direct"]), median(rps["tunnel"]), "%.0f", "≥ 0.95", func(r float64) bool { return r >= 0.95 })
-	row("GET p50 ms", median(lat["direct p50"]), median(lat["tunnel p50"]), "%.2f", "", nil)
-	row("GET p99 ms", median(lat["direct p99"]), median(lat["tunnel p99"]), "%.2f", "≤ 1.1", func(r float64) bool { return r <= 1.1 })
-	row("watch event p50 ms", percentile(wl["direct"], 0.5), percentile(wl["tunnel"], 0.5), "%.2f", "", nil)
-	row("watch event p99 ms", percentile(wl["direct"], 0.99), percentile(wl["tunnel"], 0.99), "%.2f", "", nil)
-	t.Rows = append(t.Rows, []string{"watch: tunnel's extra delay p50 / p99 ms", "", fmt.Sprintf("%.3f / %.3f", percentile(wl["extra"], 0.5), percentile(wl["extra"], 0.99)), "", "", ""})
-	t.Notes = []string{fmt.Sprintf("medians of %d interleaved rounds of 2 s; both watches receive the same %d updates at once; a watch event's latency counts from the update's start (etcd's write included)", *proxyRounds, *apiEvents)}
+	row("GET requests/s", "%.0f", "≥ 0.95", func(r float64) bool { return r >= 0.95 }, func(sd *side) float64 { return median(rps[sd.name]) })
+	row("GET p50 ms", "%.2f", "", nil, func(sd *side) float64 { return median(lat[sd.name+" p50"]) })
+	row("GET p99 ms", "%.2f", "≤ 1.1", func(r float64) bool { return r <= 1.1 }, func(sd *side) float64 { return median(lat[sd.name+" p99"]) })
+	row("hop CPU µs per GET", "%.1f", "", nil, func(sd *side) float64 { return median(hopCPU[sd.name]) })
+	wrow := func(name string, p float64) {
+		cells := []string{name, fmt.Sprintf("%.2f", percentile(wl["direct"], p)), fmt.Sprintf("%.2f", percentile(wl["tunnel"], p))}
+		for range sides[2:] {
+			cells = append(cells, "")
+		}
+		cells = append(cells, fmt.Sprintf("%.2fx", percentile(wl["tunnel"], p)/percentile(wl["direct"], p)))
+		if hasPeer {
+			cells = append(cells, "")
+		}
+		t.Rows = append(t.Rows, append(cells, "", ""))
+	}
+	wrow("watch event p50 ms", 0.5)
+	wrow("watch event p99 ms", 0.99)
+	extra := []string{"watch: tunnel's extra delay p50 / p99 ms", "", fmt.Sprintf("%.3f / %.3f", percentile(wl["extra"], 0.5), percentile(wl["extra"], 0.99))}
+	for len(extra) < len(header) {
+		extra = append(extra, "")
+	}
+	t.Rows = append(t.Rows, extra)
+	t.Notes = append([]string{fmt.Sprintf("medians of %d rounds of 2 s, every side once per round in rotating order; "+
+		"hop CPU is the proxy process's CPU time over the requests it carried; both watches receive the same %d "+
+		"updates at once; a watch event's latency counts from the update's start (etcd's write included)", *proxyRounds, *apiEvents)}, notes...)
 	return []Table{t}, nil
 }
