@@ -180,17 +180,13 @@ func TestConnectEndToEnd(t *testing.T) {
 // assertProxied checks that the proxy logged tunnels: the traffic really went through it.
 func assertProxied(t *testing.T, s *env) {
 	t.Helper()
-	b, err := os.ReadFile(s.ProxyLog)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// One log line per tunnel names the authority requested: the API server's address.
 	u, err := url.Parse(s.CL02.Server)
 	if err != nil {
 		t.Fatal(err)
 	}
 	authority := u.Host
-	if !bytes.Contains(b, []byte("authority=\""+authority+"\"")) {
+	if b, ok := scenario.WaitForLog(s.ProxyLog, "authority=\""+authority+"\"", 10*time.Second); !ok {
 		t.Fatalf("agent proxy logged no tunnel to %s; its log:\n%s", authority, b)
 	}
 }

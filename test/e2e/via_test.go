@@ -229,8 +229,7 @@ func TestConnectVia(t *testing.T) {
 			t.Errorf("no port-forward session reported: %s", r.stderr)
 		}
 		// Both proxies carried it: cl01's relayed to cl02's proxy, which tunnelled to cl02's API server.
-		relay, _ := os.ReadFile(s.relayLog)
-		if !bytes.Contains(relay, []byte(`authority="`+s.ProxyAddr+`"`)) {
+		if relay, ok := scenario.WaitForLog(s.relayLog, `authority="`+s.ProxyAddr+`"`, 10*time.Second); !ok {
 			t.Fatalf("cl01's proxy logged no tunnel to %s:\n%s", s.ProxyAddr, relay)
 		}
 		assertProxied(t, s.env)
@@ -313,10 +312,10 @@ func TestConnectVia(t *testing.T) {
 			local := nodestandin.PortForward(t, s.kubectl, []string{"KUBECONFIG="}, "--kubeconfig", kc, "port-forward", "pod/web", ":8080")
 			nodestandin.RoundTrip(t, local, echoPrefix, "hello")
 			nodestandin.RoundTrip(t, local, echoPrefix, strings.Repeat("y", 128<<10))
-			if proxyLogSize(t, s.ProxyLog) == before {
+			if !scenario.WaitForLogGrowth(s.ProxyLog, before, 10*time.Second) {
 				t.Fatalf("cl02's proxy logged nothing: the upgrades did not go through it")
 			}
-			if kind == "relay" && proxyLogSize(t, s.relayLog) == relayBefore {
+			if kind == "relay" && !scenario.WaitForLogGrowth(s.relayLog, relayBefore, 10*time.Second) {
 				t.Fatalf("cl01's proxy logged nothing: the relay did not carry the upgrades")
 			}
 		})

@@ -6,6 +6,7 @@
 package scenario
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -184,6 +185,39 @@ func RunAgentProxy(c harness.Cleaner, agent, listen, server, logPath string, ext
 		if time.Now().After(deadline) {
 			p.Stop()
 			return nil, fmt.Errorf("agent proxy not accepting on %s after 15s: %v", listen, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// WaitForLog rereads the log at path until it contains want, for up to timeout, and returns its
+// last content and whether want appeared. Tests need it for tunnel lines: the proxy writes one when
+// a tunnel closes, which can be after the client has returned, and the access log is flushed in
+// batches (up to 100 ms later; see pkg/logbatch).
+func WaitForLog(path, want string, timeout time.Duration) ([]byte, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(path)
+		if bytes.Contains(b, []byte(want)) {
+			return b, true
+		}
+		if time.Now().After(deadline) {
+			return b, false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// WaitForLogGrowth waits up to timeout for the file at path to grow beyond size bytes, and reports
+// whether it did (for checks that some tunnel was logged, without knowing its line).
+func WaitForLogGrowth(path string, size int64, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if st, err := os.Stat(path); err == nil && st.Size() > size {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -118,7 +118,13 @@ func TestViaRelayOnRealNode(t *testing.T) {
 	t.Run("the relay ran in the proxy pod, entered through the kubelet's port-forward", func(t *testing.T) {
 		// The kubelet's port-forward dials the port inside the pod's network namespace: the proxy sees
 		// the tunnel come from the pod's loopback, and relays it to cl02's proxy on the bridge.
-		lines := viaTunnelLines(t, v, relayPod)
+		// The line is written when the tunnel closes and flushed in a batch: give it a few seconds.
+		var lines []string
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if lines = viaTunnelLines(t, v, relayPod); len(lines) > 0 || time.Now().After(deadline) {
+				break
+			}
+		}
 		if len(lines) == 0 {
 			out, _, _ := v.cl01.RunKubectl(ctx, t, "-n", ns, "logs", relayPod)
 			t.Fatalf("proxy pod %s logged no tunnel to %s:\n%s", relayPod, v.proxyAddr, out)
@@ -133,7 +139,7 @@ func TestViaRelayOnRealNode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b, _ := os.ReadFile(v.proxyLog); !bytes.Contains(b, []byte(`peer="`+pod.Status.PodIP+`:`)) {
+		if b, ok := scenario.WaitForLog(v.proxyLog, `peer="`+pod.Status.PodIP+`:`, 10*time.Second); !ok {
 			t.Errorf("cl02's proxy logged no tunnel from the relay pod's IP %s:\n%s", pod.Status.PodIP, b)
 		}
 	})
