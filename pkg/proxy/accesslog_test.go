@@ -3,34 +3,15 @@ package proxy
 import (
 	"bytes"
 	"errors"
-	"io"
-	"net"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"k8s.io/klog/v2/textlogger"
+
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
-
-// syncBuffer is a bytes.Buffer safe for the relay goroutines and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The access line must read exactly like the line klog wrote before through the agent's logger
 // named "proxy" (tools and people grep it):
@@ -40,7 +21,7 @@ func TestAccessLineIsKlogText(t *testing.T) {
 		dialed: "10.0.0.1:6443", result: ResultRelayError, id: "abcd-7", up: 1234, down: 56789,
 		identity: &Identity{User: "system:serviceaccount:ns:sa"}, err: errors.New(`read: "connection" reset`)}
 	d := 1234567 * time.Nanosecond
-	var ours syncBuffer
+	var ours testnet.SyncBuffer
 	s := &Server{cfg: Config{AccessLog: &ours}}
 	now := time.Date(2026, 3, 4, 5, 6, 7, 890123456, time.Local)
 	s.writeAccessLine(tl, now, d)
@@ -67,17 +48,13 @@ func TestAccessLineIsKlogText(t *testing.T) {
 
 func TestTunnelLineGoesToTheAccessLog(t *testing.T) {
 	up := echoServer(t, "tcp", "127.0.0.1:0")
-	var access syncBuffer
+	var access testnet.SyncBuffer
 	tp := startProxy(t, Config{Upstream: up, AccessLog: &access})
 	c, br, resp := connect(t, tp.addr, connectHead("kubernetes.default.svc:443"))
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	io.WriteString(c, "hello")
-	c.(*net.TCPConn).CloseWrite()
-	if got, _ := io.ReadAll(br); string(got) != "hello|bye" {
-		t.Fatalf("relayed %q", got)
-	}
+	assertEchoed(t, c, br, "hello")
 	waitFor(t, func() bool { return strings.Contains(access.String(), "\n") })
 	line := access.String()
 	for _, want := range []string{`"tunnel" logger="proxy" id=`, `authority="kubernetes.default.svc:443"`, `dialed="` + up + `"`,

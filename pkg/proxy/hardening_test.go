@@ -121,11 +121,7 @@ func TestIdleConnectionsDoNotStarveAConnect(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("CONNECT next to 1000 idle connections: %s", resp.Status)
 	}
-	io.WriteString(c, "ping")
-	c.(*net.TCPConn).CloseWrite()
-	if got, _ := io.ReadAll(br); string(got) != "ping|bye" {
-		t.Fatalf("got %q", got)
-	}
+	assertEchoed(t, c, br, "ping")
 }
 
 // Issue 13 item 3: at --max-pending-heads the oldest headless connection gets 408 and the count
@@ -260,11 +256,7 @@ func TestUpstreamProxyAnswersAreMappedFaithfully(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
-		io.WriteString(c, "over-201")
-		c.(*net.TCPConn).CloseWrite()
-		if got, _ := io.ReadAll(br); string(got) != "over-201|bye" {
-			t.Fatalf("got %q", got)
-		}
+		assertEchoed(t, c, br, "over-201")
 	})
 	for answer, want := range map[string]int{
 		"403 Forbidden":                     403,

@@ -161,6 +161,17 @@ func connect(t *testing.T, proxyAddr, head string) (net.Conn, *bufio.Reader, *ht
 	return c, br, resp
 }
 
+// assertEchoed sends msg through the tunnel c (read back through r), half-closes it and requires
+// the echo server's answer: msg followed by "|bye".
+func assertEchoed(t *testing.T, c net.Conn, r io.Reader, msg string) {
+	t.Helper()
+	io.WriteString(c, msg)
+	c.(*net.TCPConn).CloseWrite()
+	if got, _ := io.ReadAll(r); string(got) != msg+"|bye" {
+		t.Fatalf("relayed %q, want %q", got, msg+"|bye")
+	}
+}
+
 func connectHead(authority string) string {
 	return "CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n"
 }
@@ -177,12 +188,7 @@ func TestTunnelGoesToUpstreamWhateverTheAuthority(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	io.WriteString(c, "hello")
-	c.(*net.TCPConn).CloseWrite()
-	got, _ := io.ReadAll(br)
-	if string(got) != "hello|bye" {
-		t.Fatalf("got %q", got)
-	}
+	assertEchoed(t, c, br, "hello")
 	if a := d.addrs(); len(a) != 1 || a[0] != up {
 		t.Fatalf("dialed %v, want only the upstream %s", a, up)
 	}
@@ -522,11 +528,7 @@ func TestIPv6ListenerAndUpstream(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatal(resp.Status)
 	}
-	io.WriteString(c, "v6")
-	c.(*net.TCPConn).CloseWrite()
-	if got, _ := io.ReadAll(br); string(got) != "v6|bye" {
-		t.Fatalf("got %q", got)
-	}
+	assertEchoed(t, c, br, "v6")
 }
 
 func TestIdleTimeoutClosesTunnel(t *testing.T) {
@@ -565,11 +567,7 @@ func TestShutdownDrainsThenCuts(t *testing.T) {
 		return err != nil
 	})
 	// ...but the open tunnel still works until its client finishes.
-	io.WriteString(c, "still-here")
-	c.(*net.TCPConn).CloseWrite()
-	if got, _ := io.ReadAll(br); string(got) != "still-here|bye" {
-		t.Fatalf("in-flight tunnel broken during drain: %q", got)
-	}
+	assertEchoed(t, c, br, "still-here")
 	if err := <-done; err != nil {
 		t.Fatalf("drain: %v", err)
 	}
