@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -195,32 +196,22 @@ func RunAgentProxy(c harness.Cleaner, agent, listen, server, logPath string, ext
 // a tunnel closes, which can be after the client has returned, and the access log is flushed in
 // batches (up to 100 ms later; see pkg/logbatch).
 func WaitForLog(path, want string, timeout time.Duration) ([]byte, bool) {
-	deadline := time.Now().Add(timeout)
-	for {
-		b, _ := os.ReadFile(path)
-		if bytes.Contains(b, []byte(want)) {
-			return b, true
-		}
-		if time.Now().After(deadline) {
-			return b, false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var b []byte
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		b, _ = os.ReadFile(path)
+		return bytes.Contains(b, []byte(want)), nil
+	})
+	return b, err == nil
 }
 
 // WaitForLogGrowth waits up to timeout for the file at path to grow beyond size bytes, and reports
 // whether it did (for checks that some tunnel was logged, without knowing its line).
 func WaitForLogGrowth(path string, size int64, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if st, err := os.Stat(path); err == nil && st.Size() > size {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		st, err := os.Stat(path)
+		return err == nil && st.Size() > size, nil
+	})
+	return err == nil
 }
 
 // StopProxy stops cl02's proxy (SIGTERM to its PID, SIGKILL after 5 s).

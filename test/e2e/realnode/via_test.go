@@ -27,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -120,11 +121,10 @@ func TestViaRelayOnRealNode(t *testing.T) {
 		// the tunnel come from the pod's loopback, and relays it to cl02's proxy on the bridge.
 		// The line is written when the tunnel closes and flushed in a batch: give it a few seconds.
 		var lines []string
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			if lines = viaTunnelLines(t, v, relayPod); len(lines) > 0 || time.Now().After(deadline) {
-				break
-			}
-		}
+		_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			lines = viaTunnelLines(t, v, relayPod)
+			return len(lines) > 0, nil
+		})
 		if len(lines) == 0 {
 			out, _, _ := v.cl01.RunKubectl(ctx, t, "-n", ns, "logs", relayPod)
 			t.Fatalf("proxy pod %s logged no tunnel to %s:\n%s", relayPod, v.proxyAddr, out)
