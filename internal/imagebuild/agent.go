@@ -30,8 +30,9 @@ type AgentOptions struct {
 	License string
 	// DebCache is where the Debian packages are downloaded to (and reused from).
 	DebCache string
-	// Arch is the GOARCH; empty means this machine's. The packages come from this machine's apt
-	// sources, so it must be this machine's architecture.
+	// Arch is the GOARCH; empty means this machine's. Another architecture's packages come from
+	// this machine's apt sources too, which needs that architecture added to dpkg once
+	// (`dpkg --add-architecture arm64 && apt-get update`).
 	Arch string
 	// Labels go into the image config (e.g. org.opencontainers.image.version).
 	Labels map[string]string
@@ -46,10 +47,7 @@ func AgentSpec(o AgentOptions) (Spec, error) {
 	if arch == "" {
 		arch = runtime.GOARCH
 	}
-	if arch != runtime.GOARCH {
-		return Spec{}, fmt.Errorf("agent image for %s: the iptables packages come from this machine's apt sources (%s); build on a %s machine", arch, runtime.GOARCH, arch)
-	}
-	debs, err := DownloadDebs(o.DebCache, IPTablesPackages)
+	debs, err := DownloadDebsArch(o.DebCache, arch, IPTablesPackages)
 	if err != nil {
 		return Spec{}, err
 	}
@@ -78,7 +76,8 @@ func AgentSpec(o AgentOptions) (Spec, error) {
 		}
 	}
 
-	// Debian's merged /usr: the binaries' interpreter is /lib64/ld-linux-*.so.
+	// Debian's merged /usr: the binaries' interpreter is /lib64/ld-linux-x86-64.so.2 on amd64 and
+	// /lib/ld-linux-aarch64.so.1 on arm64 (libc6:arm64 ships that link itself, under /usr/lib here).
 	for _, d := range []string{"bin", "sbin", "lib", "lib64"} {
 		files = append(files, File{Path: "/" + d, Link: "usr/" + d})
 	}
@@ -165,41 +164,178 @@ func debFiles(root string) ([]File, error) {
 	return files, err
 }
 
-// DownloadDebs returns the .deb files of the packages, downloading with `apt-get download` (this
-// machine's apt sources, no root needed) the ones not yet in dir.
+// DownloadDebs returns the .deb files of the packages for this machine's architecture; see
+// DownloadDebsArch.
 func DownloadDebs(dir string, pkgs []string) ([]string, error) {
+	return DownloadDebsArch(dir, runtime.GOARCH, pkgs)
+}
+
+// debArch is Debian's name of a GOARCH.
+func debArch(goarch string) string {
+	switch goarch {
+	case "arm":
+		return "armhf"
+	case "386":
+		return "i386"
+	case "ppc64le":
+		return "ppc64el"
+	}
+	return goarch
+}
+
+// ForeignArchHint is the command that makes another architecture's packages available to
+// apt-get download on this machine.
+func ForeignArchHint(goarch string) string {
+	return fmt.Sprintf("dpkg --add-architecture %s && apt-get update", debArch(goarch))
+}
+
+// debPackage is one package's apt candidate: the file `apt-get download` writes for it.
+type debPackage struct{ name, version, arch string }
+
+func (p debPackage) file() string {
+	// apt-get download escapes an epoch's colon in the file name.
+	return fmt.Sprintf("%s_%s_%s.deb", p.name, strings.ReplaceAll(p.version, ":", "%3a"), p.arch)
+}
+
+// DownloadDebsArch returns the .deb files of the packages built for goarch (or for all
+// architectures), at the version apt would install now, downloading with `apt-get download` (this
+// machine's apt sources, no root needed) the ones not yet in dir. Because the files are named by
+// version, the image follows the mirror: a security update changes the image, an unchanged mirror
+// gives the same files. Another architecture than this machine's must be known to dpkg; the error
+// says how when it is not.
+func DownloadDebsArch(dir, goarch string, pkgs []string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	find := func(pkg string) string {
-		m, _ := filepath.Glob(filepath.Join(dir, pkg+"_*.deb"))
-		if len(m) == 0 {
-			return ""
-		}
-		return m[len(m)-1]
+	arch := debArch(goarch)
+	if err := archKnown(arch); err != nil {
+		return nil, err
+	}
+	cands, err := candidates(arch, pkgs)
+	if err != nil {
+		return nil, err
 	}
 	var missing []string
-	for _, p := range pkgs {
-		if find(p) == "" {
-			missing = append(missing, p)
+	for _, c := range cands {
+		if _, err := os.Stat(filepath.Join(dir, c.file())); err != nil {
+			missing = append(missing, c.name+":"+c.arch)
 		}
 	}
 	if len(missing) > 0 {
+		// Download into a directory of our own and rename into the cache, so concurrent builds
+		// (the tests, make release) sharing the cache never see a half-written package.
+		tmp, err := os.MkdirTemp(dir, ".download-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp)
 		cmd := exec.Command("apt-get", append([]string{"download", "-q"}, missing...)...)
-		cmd.Dir = dir
+		cmd.Dir = tmp
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("apt-get download %s: %v: %s(run `apt-get update` first if the package lists are missing)", strings.Join(missing, " "), err, out.String())
+			return nil, fmt.Errorf("apt-get download %s: %v: %s(run `apt-get update` first if the package lists are missing or stale)", strings.Join(missing, " "), err, out.String())
+		}
+		got, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
+		for _, f := range got {
+			if err := os.Rename(f, filepath.Join(dir, filepath.Base(f))); err != nil {
+				return nil, err
+			}
 		}
 	}
-	debs := make([]string, 0, len(pkgs))
-	for _, p := range pkgs {
-		f := find(p)
-		if f == "" {
-			return nil, fmt.Errorf("apt-get download %s left no %s_*.deb in %s", p, p, dir)
+	debs := make([]string, 0, len(cands))
+	for _, c := range cands {
+		f := filepath.Join(dir, c.file())
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("apt-get download %s:%s left no %s in %s", c.name, c.arch, c.file(), dir)
 		}
 		debs = append(debs, f)
 	}
 	return debs, nil
+}
+
+// archKnown checks that dpkg knows the architecture, natively or as a foreign one.
+func archKnown(arch string) error {
+	native, err := exec.Command("dpkg", "--print-architecture").Output()
+	if err != nil {
+		return fmt.Errorf("dpkg --print-architecture: %v (the agent image takes its iptables from Debian packages: build it on Debian or Ubuntu)", err)
+	}
+	if strings.TrimSpace(string(native)) == arch {
+		return nil
+	}
+	foreign, err := exec.Command("dpkg", "--print-foreign-architectures").Output()
+	if err != nil {
+		return fmt.Errorf("dpkg --print-foreign-architectures: %v", err)
+	}
+	for _, a := range strings.Fields(string(foreign)) {
+		if a == arch {
+			return nil
+		}
+	}
+	return fmt.Errorf("the agent image for %s needs Debian's %s packages, and dpkg does not know that architecture: run `%s` (as root) once", arch, arch, ForeignArchHint(arch))
+}
+
+// candidates asks apt-cache for the version apt-get download would fetch of each package, as
+// pkg:arch or, for architecture-independent packages (netbase), pkg:all.
+func candidates(arch string, pkgs []string) ([]debPackage, error) {
+	found := map[string]debPackage{}
+	for _, qual := range []string{arch, "all"} {
+		var ask []string
+		for _, p := range pkgs {
+			if _, ok := found[p]; !ok {
+				ask = append(ask, p+":"+qual)
+			}
+		}
+		if len(ask) == 0 {
+			break
+		}
+		// apt-cache prints what it finds and fails for the rest; the rest is asked again as :all.
+		out, _ := exec.Command("apt-cache", append([]string{"show", "--no-all-versions"}, ask...)...).Output()
+		for _, stanza := range strings.Split(string(out), "\n\n") {
+			var c debPackage
+			for _, line := range strings.Split(stanza, "\n") {
+				k, v, _ := strings.Cut(line, ": ")
+				switch k {
+				case "Package":
+					c.name = v
+				case "Version":
+					c.version = v
+				case "Architecture":
+					c.arch = v
+				}
+			}
+			if c.name != "" && c.version != "" && (c.arch == arch || c.arch == "all") {
+				found[c.name] = c
+			}
+		}
+	}
+	cands := make([]debPackage, 0, len(pkgs))
+	var missing []string
+	for _, p := range pkgs {
+		c, ok := found[p]
+		if !ok {
+			missing = append(missing, p+":"+arch)
+			continue
+		}
+		cands = append(cands, c)
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("apt has no candidate for %s: run `%s` (as root) so apt knows %s packages", strings.Join(missing, ", "), ForeignArchHint(arch), arch)
+	}
+	return cands, nil
+}
+
+// AptReady says whether this machine can fetch the agent image's packages for goarch: dpkg knows
+// the architecture and apt has a candidate for each package. The error carries the command that
+// fixes it, so tests can fail (CI) or skip with it.
+func AptReady(goarch string) error {
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		return fmt.Errorf("the agent image takes its iptables from Debian packages and this machine has no apt-get: build it on Debian or Ubuntu")
+	}
+	arch := debArch(goarch)
+	if err := archKnown(arch); err != nil {
+		return err
+	}
+	_, err := candidates(arch, IPTablesPackages)
+	return err
 }

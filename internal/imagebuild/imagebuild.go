@@ -1,9 +1,11 @@
 // Package imagebuild builds single-layer container images from files on this machine, without a
 // Docker daemon or a registry, with go-containerregistry, and writes them as image archives that
-// `ctr images import`, `kind load image-archive`, `docker load` and `crane push` all accept.
+// `ctr images import`, `kind load image-archive`, `docker load` and `crane push` all accept, or, for
+// the multi-platform agent image of a release (AgentIndex), as an OCI image layout (WriteLayout).
 //
-// `make image` (hack/image) builds the agent image with it, and the real-node tests build their
-// images (the pause image, the test app and the agent image itself) with the same code.
+// `make image` (hack/image) and `make release` (hack/release) build the agent image with it, and the
+// real-node tests build their images (the pause image, the test app and the agent image itself) with
+// the same code.
 package imagebuild
 
 import (
@@ -240,7 +242,9 @@ func WriteArchive(dest, ref string, img v1.Image) error {
 
 func blobPath(h v1.Hash) string { return "blobs/" + h.Algorithm + "/" + h.Hex }
 
-// tarDir writes the directory's regular files and directories, in name order, as a tar file.
+// tarDir writes the directory's regular files and directories, in name order, as a tar file. The
+// headers are made here rather than from the files' stat (which brings access and change times, and
+// the owner), so the same directory contents always give the same bytes.
 func tarDir(dir, dest string) error {
 	out, err := os.Create(dest)
 	if err != nil {
@@ -255,23 +259,23 @@ func tarDir(dir, dest string) error {
 		if err != nil {
 			return err
 		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		hdr, err := tar.FileInfoHeader(info, "")
-		if err != nil {
-			return err
-		}
-		hdr.Name = filepath.ToSlash(rel)
-		hdr.ModTime, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = time.Unix(0, 0), 0, 0, "", ""
-		if d.IsDir() {
-			hdr.Name += "/"
+		hdr := &tar.Header{Name: filepath.ToSlash(rel), ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+		switch {
+		case d.IsDir():
+			hdr.Typeflag, hdr.Mode, hdr.Name = tar.TypeDir, 0o755, hdr.Name+"/"
+		case d.Type().IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeReg, 0o644, info.Size()
+		default:
+			return fmt.Errorf("%s is neither a file nor a directory", p)
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
-		if d.Type().IsRegular() {
+		if hdr.Typeflag == tar.TypeReg {
 			f, err := os.Open(p)
 			if err != nil {
 				return err
