@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/apiproxy/apiproxy/pkg/install/imageref"
 	"github.com/apiproxy/apiproxy/pkg/version"
 )
 
@@ -70,8 +71,13 @@ const (
 type Options struct {
 	Roles         []Role
 	Namespace     string
-	Image         string
-	ProxyPort     int
+	// Image is the agent image as given (--image); Registry, when set, moves it to a mirror
+	// (--registry HOST[:PORT][/PATH]). AgentImage is what the pods get.
+	Image    string
+	Registry string
+	// ImagePullSecrets go into every pod spec the install renders (--image-pull-secret).
+	ImagePullSecrets []string
+	ProxyPort        int
 	NodeIP        string
 	NodeInterface string
 	SetupIPTables bool
@@ -117,8 +123,29 @@ func DefaultOptions() Options {
 	}
 }
 
-// DefaultImage is the agent image of the same release as this plugin, so plugin and agents match.
-func DefaultImage() string { return DefaultImageRepo + ":" + version.Get().Version }
+// DefaultImage is the agent image of the same release as this plugin, so plugin and agents match: the
+// reference pinned by digest that `make release` stamps into the plugin, or in a dev build (nothing
+// stamped) the release tag of the plugin's version.
+func DefaultImage() string {
+	if version.AgentImage != "" {
+		return version.AgentImage
+	}
+	return DefaultImageRepo + ":" + version.Get().Version
+}
+
+// AgentImage is the image reference the pods get: --image, moved to --registry when set. Call it
+// on validated options.
+func (o *Options) AgentImage() (string, error) {
+	ref, err := imageref.Parse("--image", o.Image)
+	if err != nil || o.Registry == "" {
+		return ref.String(), err
+	}
+	registry, err := imageref.ParseRegistry("--registry", o.Registry)
+	if err != nil {
+		return "", err
+	}
+	return ref.WithRegistry(registry).String(), nil
+}
 
 // ParseRoles reads "proxy,node,webhook".
 func ParseRoles(list []string) ([]Role, error) {
@@ -167,8 +194,11 @@ func (o *Options) Validate() error {
 	if msgs := validation.IsDNS1123Label(o.LiqoNamespace); len(msgs) > 0 {
 		errs = append(errs, fmt.Errorf("--liqo-namespace %q is not a valid namespace name: %s", o.LiqoNamespace, strings.Join(msgs, "; ")))
 	}
-	if strings.TrimSpace(o.Image) == "" || strings.ContainsAny(o.Image, " \t\n") {
-		errs = append(errs, fmt.Errorf("--image %q is not an image reference: use e.g. %s", o.Image, DefaultImage()))
+	errs = append(errs, o.imageErrors()...)
+	for _, s := range o.ImagePullSecrets {
+		if msgs := validation.IsDNS1123Subdomain(s); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--image-pull-secret %q is not a Secret name: %s (e.g. --image-pull-secret mirror-credentials)", s, strings.Join(msgs, "; ")))
+		}
 	}
 	if o.ProxyPort < 1 || o.ProxyPort > 65535 {
 		errs = append(errs, fmt.Errorf("--proxy-port %d is out of range: use 1-65535 (default %d)", o.ProxyPort, DefaultProxyPort))
@@ -233,6 +263,23 @@ func (o *Options) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ValidateImages checks only the flags that decide the pods' image (--image, --registry): what
+// `images` takes.
+func (o *Options) ValidateImages() error { return errors.Join(o.imageErrors()...) }
+
+func (o *Options) imageErrors() []error {
+	var errs []error
+	if _, err := imageref.Parse("--image", o.Image); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Registry != "" {
+		if _, err := imageref.ParseRegistry("--registry", o.Registry); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 func validateUpstreamProxy(raw string) error {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -75,6 +76,8 @@ type values struct {
 	WebhookConfigName, LiqoNamespace, ProxyClusterIP string
 	IPName                                           string
 	Certs                                            WebhookCerts
+	// ImagePullSecrets is every pod spec's imagePullSecrets ([{name: …}]); empty renders none.
+	ImagePullSecrets []map[string]string
 
 	// Security (security.go): the proxy's NetworkPolicy and its auth RBAC.
 	NetworkPolicy, ProxyAuth bool
@@ -87,10 +90,14 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	image, err := o.AgentImage()
+	if err != nil {
+		return nil, err
+	}
 	v := values{
 		Namespace:            o.Namespace,
 		PodSecurity:          "restricted",
-		Image:                o.Image,
+		Image:                image,
 		NodeIP:               o.NodeIP,
 		ProxyPort:            o.ProxyPort,
 		MetricsPort:          metricsPort,
@@ -114,6 +121,11 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 	}
 	if v.IPName == "" {
 		v.IPName = IPResourceName
+	}
+	for _, name := range o.ImagePullSecrets {
+		if !slices.ContainsFunc(v.ImagePullSecrets, func(s map[string]string) bool { return s["name"] == name }) {
+			v.ImagePullSecrets = append(v.ImagePullSecrets, map[string]string{"name": name})
+		}
 	}
 	if err := securityValues(o, &v); err != nil {
 		return nil, err

@@ -23,6 +23,8 @@ import (
 type Report struct {
 	Namespace     string       `json:"namespace"`
 	PluginVersion string       `json:"pluginVersion"`
+	// PluginAgentImage is the agent image this plugin pins by digest (release builds; "" in dev builds).
+	PluginAgentImage string `json:"pluginAgentImage,omitempty"`
 	Ready         bool         `json:"ready"`
 	Roles         []RoleStatus `json:"roles"`
 	IP            IPStatus     `json:"ipResource"`
@@ -36,10 +38,13 @@ type RoleStatus struct {
 	Installed bool           `json:"installed"`
 	Ready     bool           `json:"ready"`
 	Objects   []ObjectStatus `json:"objects,omitempty"`
-	// Images are the container images of the role's workloads; VersionSkew is set when one of their
-	// tags differs from the plugin's version.
+	// Images are the container images of the role's workloads; VersionSkew is set when one of them is
+	// not the agent this plugin installs (WorkloadImages say which and why).
 	Images      []string `json:"images,omitempty"`
 	VersionSkew bool     `json:"versionSkew"`
+	// WorkloadImages compare each workload's image, and the digests its pods run, with this plugin's
+	// pinned digest (or, in a dev build, its version).
+	WorkloadImages []WorkloadImage `json:"workloadImages,omitempty"`
 	// Problems say why the role's workload is not ready (the diagnosis install --wait gives).
 	Problems []diagnose.Problem `json:"problems,omitempty"`
 }
@@ -71,8 +76,13 @@ type IPStatus struct {
 
 // GetStatus collects the Report of the install in namespace.
 func GetStatus(ctx context.Context, c *Client, namespace string) (*Report, error) {
-	r := &Report{Namespace: namespace, PluginVersion: version.Get().Version}
+	plugin := Plugin{Version: version.Get().Version, AgentImage: version.AgentImage}
+	r := &Report{Namespace: namespace, PluginVersion: plugin.Version, PluginAgentImage: plugin.AgentImage}
 	objs, err := listInstalled(ctx, c, namespace)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := installedPods(ctx, c, namespace)
 	if err != nil {
 		return nil, err
 	}
@@ -95,13 +105,12 @@ func GetStatus(ctx context.Context, c *Client, namespace string) (*Report, error
 			st := objectStatus(o, caPEM, time.Now())
 			rs.Ready = rs.Ready && st.Ready
 			rs.Objects = append(rs.Objects, st)
-			for _, img := range podImages(o) {
-				if !slices.Contains(rs.Images, img) {
-					rs.Images = append(rs.Images, img)
+			for _, wi := range workloadImages(o, pods, plugin) {
+				if !slices.Contains(rs.Images, wi.Image) {
+					rs.Images = append(rs.Images, wi.Image)
 				}
-				if tag := imageTag(img); tag != r.PluginVersion {
-					rs.VersionSkew = true
-				}
+				rs.VersionSkew = rs.VersionSkew || !wi.Matches
+				rs.WorkloadImages = append(rs.WorkloadImages, wi)
 			}
 		}
 		if !rs.Installed {
@@ -270,29 +279,21 @@ func certState(certPEM []byte, now time.Time) (bool, string) {
 	return true, "serving certificate valid until " + cert.NotAfter.UTC().Format(time.DateOnly)
 }
 
-func podImages(o *unstructured.Unstructured) []string {
-	var images []string
-	for _, field := range []string{"initContainers", "containers"} {
-		cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", field)
-		for _, c := range cs {
-			if m, ok := c.(map[string]any); ok {
-				if img, ok := m["image"].(string); ok && !slices.Contains(images, img) {
-					images = append(images, img)
-				}
-			}
-		}
+// installedPods lists the pods of the install's workloads (they carry its labels), for the digests
+// they run. Without a typed client (never the case from the plugin) there are none.
+func installedPods(ctx context.Context, c *Client, namespace string) ([]*corev1.Pod, error) {
+	if c.Typed == nil {
+		return nil, nil
 	}
-	return images
-}
-
-// imageTag returns the tag of an image reference ("" when it has none, e.g. digest only).
-func imageTag(image string) string {
-	image, _, _ = strings.Cut(image, "@")
-	slash := strings.LastIndex(image, "/")
-	if colon := strings.LastIndex(image, ":"); colon > slash {
-		return image[colon+1:]
+	list, err := c.Typed.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: Selector(namespace)})
+	if err != nil {
+		return nil, fmt.Errorf("listing the pods of namespace %s: %w", namespace, err)
 	}
-	return ""
+	pods := make([]*corev1.Pod, len(list.Items))
+	for i := range list.Items {
+		pods[i] = &list.Items[i]
+	}
+	return pods, nil
 }
 
 func ipStatus(ctx context.Context, c *Client, namespace string, objs []*unstructured.Unstructured) (IPStatus, error) {

@@ -56,6 +56,9 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
   kubectl apiproxy install --roles proxy,node,webhook \
     --apiserver-fqdn kubernetes.default.svc --host-alias-ip 10.96.0.2 --apiserver-port 443
 
+  # From a private mirror (kubectl apiproxy images lists what to copy there)
+  kubectl apiproxy install --registry mirror.example:5000/team --image-pull-secret mirror-pull
+
   # Review the manifests without touching the cluster
   kubectl apiproxy install --roles proxy,webhook --apiserver-fqdn api.example.com --dry-run=client -o yaml`,
 		Args: cobra.NoArgs,
@@ -70,8 +73,8 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.roles, "roles", []string{"proxy"}, "Roles to install, comma separated: proxy, node, webhook")
-	f.StringVar(&o.Image, "image", o.Image, "Agent image; the default is the image of this plugin's own release")
+	addImageFlags(f, &o.roles, &o.Options)
+	f.StringSliceVar(&o.ImagePullSecrets, "image-pull-secret", nil, "A Secret in the install namespace holding credentials for the agent image's registry, put into every pod's imagePullSecrets (repeatable, or comma separated); an install without the flag removes them again")
 	f.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port of the CONNECT proxy (container, Service, and the node forwarder's CONNECT listener)")
 	f.StringVar(&o.NodeIP, "node-ip", o.NodeIP, "node role: the IP every node serves the API server on (port 443)")
 	f.StringVar(&o.NodeInterface, "node-interface", o.NodeInterface, "node role: the interface holding --node-ip; a dedicated dummy device is created when missing (avoid lo: Cilium ignores host-scoped addresses there)")

@@ -31,7 +31,7 @@ func newStatusCommand(configFlags *genericclioptions.ConfigFlags, streams generi
 	o := &StatusOptions{configFlags: configFlags, IOStreams: streams}
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the installed agents: objects, readiness, version skew, Liqo IP resource",
+		Short: "Show the installed agents: objects, readiness, the image digests that run against this plugin's, Liqo IP resource",
 		Example: `  kubectl apiproxy status
   kubectl apiproxy status -n apiproxy-system -o json`,
 		Args: cobra.NoArgs,
@@ -106,15 +106,11 @@ func printStatus(out io.Writer, r *install.Report) error {
 		}
 		fmt.Fprintln(out)
 	}
+	// One line per workload image: what its pods run against what this plugin installs.
 	for _, rs := range r.Roles {
-		if len(rs.Images) == 0 {
-			continue
+		for _, wi := range rs.WorkloadImages {
+			fmt.Fprintf(out, "%s image: %s (%s)\n", rs.Role, wi.Image, wi.Summary)
 		}
-		skew := "matches the plugin"
-		if rs.VersionSkew {
-			skew = fmt.Sprintf("VERSION SKEW: the plugin is %s; re-run install to align (or pass --image)", r.PluginVersion)
-		}
-		fmt.Fprintf(out, "%s image: %s (%s)\n", rs.Role, strings.Join(rs.Images, ", "), skew)
 	}
 	if r.ProxyAuth != "" {
 		fmt.Fprintf(out, "proxy auth: %s\n", r.ProxyAuth)
