@@ -71,13 +71,8 @@ const (
 type Options struct {
 	Roles         []Role
 	Namespace     string
-	// Image is the agent image as given (--image); Registry, when set, moves it to a mirror
-	// (--registry HOST[:PORT][/PATH]). AgentImage is what the pods get.
-	Image    string
-	Registry string
-	// ImagePullSecrets go into every pod spec the install renders (--image-pull-secret).
-	ImagePullSecrets []string
-	ProxyPort        int
+	Image         string
+	ProxyPort     int
 	NodeIP        string
 	NodeInterface string
 	SetupIPTables bool
@@ -88,6 +83,13 @@ type Options struct {
 	HostAliasIP   string
 	LiqoNamespace string
 	CreateIP      CreateIP
+
+	// Registry, when set, moves Image to a mirror (--registry HOST[:PORT][/PATH]); AgentImage is
+	// what the pods get.
+	Registry string
+	// ImagePullSecrets go into every pod spec the install renders (--image-pull-secret).
+	ImagePullSecrets []string
+
 	// Relay makes this cluster's proxy a relay to its Liqo peers' proxies (connect --via): the peers'
 	// remapped external CIDRs, read from the Configurations at install time, become AllowTargets.
 	Relay bool

@@ -357,6 +357,12 @@ func TestValidateSaysWhatToFix(t *testing.T) {
 		{"create ip", func(o *Options) { o.CreateIP = "maybe" }, "auto, true or false"},
 		{"namespace", func(o *Options) { o.Namespace = "Bad_NS" }, "namespace"},
 		{"image", func(o *Options) { o.Image = "" }, "--image"},
+		{"image with spaces", func(o *Options) { o.Image = "ghcr.io/apiproxy/agent :v1" }, "--image"},
+		{"image with scheme", func(o *Options) { o.Image = "https://ghcr.io/apiproxy/agent:v1" }, "URL scheme"},
+		{"registry with scheme", func(o *Options) { o.Registry = "https://mirror.example" }, "--registry"},
+		{"registry with tag", func(o *Options) { o.Registry = "mirror.example/x:tag" }, "has a tag"},
+		{"registry with spaces", func(o *Options) { o.Registry = "mirror.example/a b" }, "contains spaces"},
+		{"pull secret", func(o *Options) { o.ImagePullSecrets = []string{"ok", "Not_OK"} }, `--image-pull-secret "Not_OK"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,13 +21,13 @@ import (
 
 // Report is `status`: what is installed in a namespace and whether it is ready.
 type Report struct {
-	Namespace     string       `json:"namespace"`
-	PluginVersion string       `json:"pluginVersion"`
+	Namespace     string `json:"namespace"`
+	PluginVersion string `json:"pluginVersion"`
 	// PluginAgentImage is the agent image this plugin pins by digest (release builds; "" in dev builds).
-	PluginAgentImage string `json:"pluginAgentImage,omitempty"`
-	Ready         bool         `json:"ready"`
-	Roles         []RoleStatus `json:"roles"`
-	IP            IPStatus     `json:"ipResource"`
+	PluginAgentImage string       `json:"pluginAgentImage,omitempty"`
+	Ready            bool         `json:"ready"`
+	Roles            []RoleStatus `json:"roles"`
+	IP               IPStatus     `json:"ipResource"`
 	// ProxyAuth is the installed proxy's --auth mode ("" when the proxy role is not installed).
 	ProxyAuth AuthMode `json:"proxyAuth,omitempty"`
 }

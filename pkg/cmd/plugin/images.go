@@ -26,7 +26,7 @@ func addImageFlags(f *pflag.FlagSet, roles *[]string, o *install.Options) {
 		imageHelp = "Agent image; the default is the image of this plugin's own release, pinned by digest"
 	}
 	f.StringVar(&o.Image, "image", o.Image, imageHelp)
-	f.StringVar(&o.Registry, "registry", "", "Pull the agent image from this registry (a mirror): HOST[:PORT][/PATH] replaces the registry and path of --image (or of the default) and keeps its name, tag and digest, e.g. mirror.example:5000/team gives mirror.example:5000/team/agent:<tag>@<digest>; `kubectl apiproxy images` lists what to copy there")
+	f.StringVar(&o.Registry, "registry", "", "Pull the agent image from this registry (a mirror): HOST[:PORT][/PATH] replaces the registry and path of --image (or of the default) and keeps its name, tag and digest, e.g. mirror.example:5000/team gives mirror.example:5000/team/agent:<tag>@<digest>; kubectl apiproxy images lists what to copy there")
 }
 
 // ImagesOptions are `kubectl apiproxy images`'s flags (Complete/Validate/Run).

@@ -35,6 +35,17 @@ func TestInstallFlagsRejectBadInput(t *testing.T) {
 		{[]string{"install", "--upstream-proxy", "http://10.81.0.3:8118"}, "node role"},
 		{[]string{"install", "-n", "Not_A_Namespace"}, "not a valid namespace name"},
 		{[]string{"status", "-o", "yaml"}, `-o "yaml"`},
+		{[]string{"install", "--registry", "https://mirror.example/team", "--dry-run=client"}, `--registry "https://mirror.example/team" has a URL scheme`},
+		{[]string{"install", "--registry", "mirror.example/x:tag", "--dry-run=client"}, "has a tag"},
+		{[]string{"install", "--registry", "mirror.example/team@sha256:abc", "--dry-run=client"}, "has a digest"},
+		{[]string{"install", "--registry", "mirror example", "--dry-run=client"}, "contains spaces"},
+		{[]string{"install", "--registry", "mirror.example:99999", "--dry-run=client"}, "port"},
+		{[]string{"install", "--image", "ghcr.io/apiproxy/agent:v1 x", "--dry-run=client"}, "--image"},
+		{[]string{"install", "--image", "ghcr.io/apiproxy/Agent:v1", "--dry-run=client"}, "not an image reference"},
+		{[]string{"install", "--image-pull-secret", "ok,Bad_Name", "--dry-run=client"}, `--image-pull-secret "Bad_Name"`},
+		{[]string{"images", "--registry", "http://mirror.example:5000"}, "URL scheme"},
+		{[]string{"images", "--roles", "gateway"}, `unknown role "gateway"`},
+		{[]string{"images", "-o", "table"}, `-o "table"`},
 		{[]string{"uninstall", "--dry-run=later"}, "none, client or server"},
 	} {
 		_, _, err := runOffline(tc.args...)

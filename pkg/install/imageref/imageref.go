@@ -173,7 +173,7 @@ func checkHost(hostport string) error {
 	case host == "localhost" || net.ParseIP(host) != nil:
 		return nil
 	case !strings.Contains(host, ".") && host == hostport:
-		return fmt.Errorf("starts with %q, which runtimes read as a Docker Hub path, not a registry host: give a host with a dot or a port (or docker.io/%s)", host, host)
+		return fmt.Errorf("has the host %q, which runtimes read as a Docker Hub path, not a registry: give a host with a dot or a port (or docker.io/%s)", host, host)
 	}
 	for _, l := range strings.Split(host, ".") {
 		if len(l) > 63 || !hostLabel.MatchString(l) {
