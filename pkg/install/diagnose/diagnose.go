@@ -169,7 +169,7 @@ func hint(pod *corev1.Pod, container, reason string, init bool) string {
 	}
 	switch reason {
 	case "ErrImagePull", "ImagePullBackOff", "InvalidImageName":
-		return fmt.Sprintf("the nodes cannot pull %s: check the name and tag, that the nodes reach the registry, and whether it needs an image pull secret; install a reachable image with --image", image)
+		return fmt.Sprintf("the nodes cannot pull %s: check the name, tag and digest, that the nodes reach the registry, and whether it needs credentials (install --image-pull-secret NAME, a kubernetes.io/dockerconfigjson Secret in the install namespace); install from a mirror the nodes reach with --registry, or another image with --image", image)
 	case "ErrImageNeverPull":
 		return fmt.Sprintf("imagePullPolicy is Never and %s is not on the node: load it there (ctr -n k8s.io images import, kind load image-archive) or push it to a registry", image)
 	case "CreateContainerConfigError", "CreateContainerError":

@@ -54,7 +54,7 @@ func TestPodDiagnosis(t *testing.T) {
 		want      []string
 	}{
 		{"image pull back-off", pod(nil, []corev1.ContainerStatus{waiting("node", "ImagePullBackOff", `Back-off pulling image "registry.example/agent:v1"`)}),
-			nil, true, "node", []string{"ImagePullBackOff", "cannot pull registry.example/agent:v1", "--image"}},
+			nil, true, "node", []string{"ImagePullBackOff", "cannot pull registry.example/agent:v1", "--image", "--image-pull-secret", "--registry"}},
 		{"pull error: not found", pod([]corev1.ContainerStatus{waiting("node-init", "ErrImagePull", "rpc error: registry.example/agent:v1: not found")}, nil),
 			nil, true, "node-init", []string{"init container node-init: ErrImagePull"}},
 		{"pull error: timeout, retried", pod(nil, []corev1.ContainerStatus{waiting("node", "ErrImagePull", "i/o timeout")}),
