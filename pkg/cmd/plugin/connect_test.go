@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/apiproxy/apiproxy/test/testnet"
 )
 
 // Flag combinations that cannot work are refused before any cluster is contacted.
@@ -71,7 +72,9 @@ func TestConnectValidation(t *testing.T) {
 // A listener that fails while the command runs ends connect with an error (non-zero status) that
 // says so, and the command, which can no longer reach the API server, is stopped.
 func TestConnectListenerFailureStopsCommand(t *testing.T) {
-	var errOut bytes.Buffer
+	// Not a bytes.Buffer: exec copies the command's stderr into it from another goroutine with
+	// ReadFrom, which can truncate away a line connect writes meanwhile.
+	var errOut testnet.SyncBuffer
 	o := &ConnectOptions{IOStreams: genericiooptions.IOStreams{In: strings.NewReader(""), Out: io.Discard, ErrOut: &errOut},
 		Command: []string{"sleep", "600"}}
 	served := make(chan error, 1)
