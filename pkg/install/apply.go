@@ -92,6 +92,7 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		return nil, err
 	}
 	warnNodeIP(ctx, c, o, log)
+	warnPullSecrets(ctx, c, o, log)
 	if err := decideSources(ctx, c, &o, log); err != nil {
 		return nil, err
 	}

@@ -108,8 +108,16 @@ func TestInstallFromMirror(t *testing.T) {
 		specs["daemonset/apiproxy-node"] = ds.Spec.Template.Spec
 		return specs
 	}
-	if _, errOut, err := runApiproxy(t, kc, append(slices.Clone(mirrorArgs), "--image-pull-secret", "mirror-pull", "--image-pull-secret", "backup-pull,mirror-pull")...); err != nil {
+	_, errOut, err = runApiproxy(t, kc, append(slices.Clone(mirrorArgs), "--image-pull-secret", "mirror-pull", "--image-pull-secret", "backup-pull,mirror-pull")...)
+	if err != nil {
 		t.Fatalf("install --image-pull-secret: %v\n%s", err, errOut)
+	}
+	// The namespace is new: neither Secret can exist yet, and install says how to make them.
+	for _, name := range []string{"mirror-pull", "backup-pull"} {
+		if !strings.Contains(errOut, "--image-pull-secret "+name+": no such Secret in namespace apiproxy-system yet") ||
+			!strings.Contains(errOut, "create secret docker-registry "+name) {
+			t.Errorf("install does not warn that Secret %s is missing:\n%s", name, errOut)
+		}
 	}
 	wantSecrets := []corev1.LocalObjectReference{{Name: "mirror-pull"}, {Name: "backup-pull"}}
 	for w, spec := range podSpecs() {
@@ -158,8 +166,25 @@ func TestInstallFromMirror(t *testing.T) {
 	}
 
 	// 5. A later install without the flag takes the pull secrets away again (server-side apply).
-	if _, errOut, err := runApiproxy(t, kc, append(slices.Clone(mirrorArgs), "--image-pull-secret", "backup-pull")...); err != nil {
+	for name, typ := range map[string]corev1.SecretType{"backup-pull": corev1.SecretTypeDockerConfigJson, "not-registry": corev1.SecretTypeOpaque} {
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Type: typ, Data: map[string][]byte{}}
+		if typ == corev1.SecretTypeDockerConfigJson {
+			secret.Data[corev1.DockerConfigJsonKey] = []byte(`{"auths":{"mirror.example:5000":{"auth":"dXNlcjp0b2tlbg=="}}}`)
+		}
+		if _, err := cs.CoreV1().Secrets(install.DefaultNamespace).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, errOut, err = runApiproxy(t, kc, append(slices.Clone(mirrorArgs), "--image-pull-secret", "backup-pull")...)
+	if err != nil {
 		t.Fatalf("install with one pull secret: %v\n%s", err, errOut)
+	}
+	if strings.Contains(errOut, "--image-pull-secret") {
+		t.Errorf("install warns about an existing docker-registry Secret:\n%s", errOut)
+	}
+	_, errOut, err = runApiproxy(t, kc, append(slices.Clone(mirrorArgs), "--image-pull-secret", "not-registry", "--dry-run=server")...)
+	if err != nil || !strings.Contains(errOut, `--image-pull-secret not-registry has type "Opaque"`) {
+		t.Errorf("install with an Opaque pull secret: %v\n%s", err, errOut)
 	}
 	for w, spec := range podSpecs() {
 		if !slices.Equal(spec.ImagePullSecrets, []corev1.LocalObjectReference{{Name: "backup-pull"}}) {
