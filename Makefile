@@ -2,6 +2,8 @@
 SHELL := /usr/bin/env bash
 
 MODULE    := github.com/apiproxy/apiproxy
+# `make release` wants the version named (VERSION=vX.Y.Z), not guessed: remember where it came from.
+VERSION_ORIGIN := $(origin VERSION)
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
 # krew and `version` want a v-prefixed semantic version; a bare commit hash becomes v0.0.0-<hash>.
 VERSION   := $(if $(filter v%,$(VERSION)),$(VERSION),v0.0.0-$(VERSION))
@@ -68,13 +70,16 @@ lint: ## gofmt, go vet, and the plugin vetted for the krew platforms (darwin, wi
 clean: ## remove build outputs (the test assets cache stays; delete $(ASSETS) by hand)
 	rm -rf $(BIN) dist
 
-# --- release packaging (issue 7) ---------------------------------------------------------------
-.PHONY: image dist
+# --- release packaging (issues 7 and 21) -------------------------------------------------------------
+.PHONY: image dist release
 
-IMAGE     ?= ghcr.io/apiproxy/agent:$(VERSION)
-# The platforms of the krew manifest (plugins/krew.yaml); keep the two lists in step.
+IMAGE_REPO ?= ghcr.io/apiproxy/agent
+IMAGE     ?= $(IMAGE_REPO):$(VERSION)
+# The plugin's platforms; plugins/krew.yaml has one entry per platform (hack/release checks both ways).
 PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
-DIST      := dist
+# The agent image's platforms (arm64 needs `dpkg --add-architecture arm64 && apt-get update` once).
+IMAGE_PLATFORMS ?= linux/amd64 linux/arm64
+DIST      ?= dist
 
 # No Docker: hack/image assembles the image with go-containerregistry from the static agent and the
 # iptables userspace of Debian's packages (apt-get download), for this machine's architecture.
@@ -82,18 +87,17 @@ image: ## write the agent image $(IMAGE) as an OCI archive, $(DIST)/agent-image.
 	GOOS=linux go build $(GOFLAGS_BUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/linux/agent ./cmd/agent
 	go run ./hack/image -agent $(BIN)/linux/agent -ref $(IMAGE) -version $(VERSION) -o $(DIST)/agent-image.tar
 
-# One archive per platform, named kubectl-apiproxy_<version>_<os>_<arch>.tar.gz (.zip on Windows),
-# holding the binary and LICENSE at the top level, as plugins/krew.yaml expects; plus sha256sums.txt.
-dist: ## release archives for krew (linux/darwin amd64+arm64, windows amd64) with sha256 sums, into dist/
-	rm -rf $(DIST) && mkdir -p $(DIST)
-	set -euo pipefail; for p in $(PLATFORMS); do \
-	  os=$${p%/*}; arch=$${p#*/}; ext=; [ "$$os" = windows ] && ext=.exe; \
-	  name=kubectl-apiproxy_$(VERSION)_$${os}_$${arch}; stage=$(DIST)/$$name; mkdir -p $$stage; \
-	  GOOS=$$os GOARCH=$$arch go build $(GOFLAGS_BUILD) -ldflags "$(LDFLAGS)" -o $$stage/kubectl-apiproxy$$ext ./cmd/kubectl-apiproxy; \
-	  cp LICENSE $$stage/; \
-	  if [ "$$os" = windows ]; then (cd $$stage && zip -q -X ../$$name.zip kubectl-apiproxy$$ext LICENSE); \
-	  else tar -C $$stage -czf $(DIST)/$$name.tar.gz kubectl-apiproxy LICENSE; fi; \
-	  rm -rf $$stage; \
-	done
-	cd $(DIST) && { command -v sha256sum >/dev/null && sha256sum kubectl-apiproxy_* || shasum -a 256 kubectl-apiproxy_*; } > sha256sums.txt
-	@cat $(DIST)/sha256sums.txt
+# hack/release writes, reproducibly (times from SOURCE_DATE_EPOCH, default the commit's time): the
+# multi-platform agent image as an OCI layout ($(DIST)/agent-image/, and as agent-image.oci.tar), the
+# plugin archives kubectl-apiproxy_<version>_<os>_<arch>.tar.gz (.zip on Windows) whose plugin defaults
+# to $(IMAGE_REPO):<version>@sha256:<index digest>, the rendered krew manifest apiproxy.yaml, CycloneDX
+# SBOMs and checksums.txt. The release workflow only pushes and uploads what it wrote.
+release: ## the release into $(DIST)/: make release VERSION=vX.Y.Z (multi-arch agent image, archives, krew manifest, SBOMs, checksums)
+	@case "$(VERSION_ORIGIN)" in "command line"|environment) ;; \
+	  *) echo "make release needs the version being released: make release VERSION=v1.2.3" >&2; exit 2 ;; esac
+	go run ./hack/release -version $(VERSION) -dist $(DIST) -image-repo $(IMAGE_REPO) \
+	  -platforms "$(PLATFORMS)" -image-platforms "$(IMAGE_PLATFORMS)"
+
+# The plugin archives, krew manifest and checksums.txt only (no image, no SBOM): a quick krew test.
+dist: ## plugin archives for krew (linux/darwin amd64+arm64, windows amd64), apiproxy.yaml and checksums.txt, into dist/
+	go run ./hack/release -plugins-only -version $(VERSION) -dist $(DIST) -image-repo $(IMAGE_REPO) -platforms "$(PLATFORMS)"

@@ -1,5 +1,5 @@
 // Package plugins holds the krew manifest template; this test renders it the way krew-release-bot
-// does and checks it against krew's rules and against the archives `make dist` produces.
+// does and checks it against krew's rules and against the archives `make release` produces.
 package plugins
 
 import (
@@ -74,8 +74,8 @@ var (
 	hex64   = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
-// distArchives reads the Makefile's PLATFORMS and archive naming, so the manifest and `make dist`
-// cannot drift apart.
+// distArchives reads the Makefile's PLATFORMS and hack/release's archive naming, so the manifest and
+// the release cannot drift apart (test/release checks the archives a real `make release` writes).
 func distArchives(t *testing.T, tag string) map[string]string {
 	t.Helper()
 	mk, err := os.ReadFile("../Makefile")
@@ -86,9 +86,16 @@ func distArchives(t *testing.T, tag string) map[string]string {
 	if m == nil {
 		t.Fatal("Makefile has no PLATFORMS list")
 	}
-	for _, want := range []string{"name=kubectl-apiproxy_$(VERSION)_$${os}_$${arch}", "../$$name.zip", "$(DIST)/$$name.tar.gz", "kubectl-apiproxy LICENSE", "kubectl-apiproxy$$ext LICENSE"} {
-		if !bytes.Contains(mk, []byte(want)) {
-			t.Fatalf("the Makefile's dist target no longer contains %q: update this test and plugins/krew.yaml together", want)
+	if n := bytes.Count(mk, []byte(`go run ./hack/release `)); n != 2 || bytes.Count(mk, []byte(`-platforms "$(PLATFORMS)"`)) != 2 {
+		t.Fatalf("the Makefile's release and dist targets no longer both run hack/release with -platforms \"$(PLATFORMS)\": update this test and plugins/krew.yaml together")
+	}
+	naming, err := os.ReadFile("../hack/release/run.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"kubectl-apiproxy_%s_%s_%s%s", version, p.os, p.arch, ext`, `ext = ".zip"`, `ext := ".tar.gz"`} {
+		if !bytes.Contains(naming, []byte(want)) {
+			t.Fatalf("hack/release's archiveName no longer contains %q: update this test and plugins/krew.yaml together", want)
 		}
 	}
 	archives := map[string]string{}
@@ -132,10 +139,10 @@ func TestKrewManifestFollowsKrewRules(t *testing.T) {
 				seen[key] = true
 				want, ok := archives[key]
 				if !ok {
-					t.Errorf("platform %s is not built by make dist", key)
+					t.Errorf("platform %s is not built by make release", key)
 				}
 				if pl.URI != "https://github.com/apiproxy/apiproxy/releases/download/"+tag+"/"+want {
-					t.Errorf("platform %s uri %s, want the make dist archive %s", key, pl.URI, want)
+					t.Errorf("platform %s uri %s, want the make release archive %s", key, pl.URI, want)
 				}
 				if !hex64.MatchString(pl.Sha256) {
 					t.Errorf("platform %s sha256 %q is not 64 lowercase hex digits", key, pl.Sha256)
@@ -157,7 +164,7 @@ func TestKrewManifestFollowsKrewRules(t *testing.T) {
 			}
 			for key := range archives {
 				if !seen[key] {
-					t.Errorf("make dist builds %s but the manifest has no platform for it", key)
+					t.Errorf("make release builds %s but the manifest has no platform for it", key)
 				}
 			}
 			if len(seen) != 5 {

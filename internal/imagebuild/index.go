@@ -2,6 +2,7 @@ package imagebuild
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -124,8 +125,19 @@ func WriteLayout(dir string, idx v1.ImageIndex, refName string) error {
 	if err := lp.AppendIndex(idx, opts...); err != nil {
 		return fmt.Errorf("OCI layout %s: %w", dir, err)
 	}
-	// MkdirTemp made the stage 0700; a layout is for everyone to read.
-	if err := os.Chmod(stage, 0o755); err != nil {
+	// MkdirTemp made the stage 0700 and the layout package writes its files executable: a layout
+	// is data, for everyone to read.
+	err = filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		mode := fs.FileMode(0o644)
+		if d.IsDir() {
+			mode = 0o755
+		}
+		return os.Chmod(p, mode)
+	})
+	if err != nil {
 		return err
 	}
 	if err := os.RemoveAll(dir); err != nil {
