@@ -4,9 +4,15 @@
 # directories outside the repository and are reused when already there.
 #
 #   kube-apiserver, kubectl, etcd           -> --dir       (KUBEBUILDER_ASSETS of the API-server-only tests)
+#   krew, validate-krew-manifest            -> --dir       (sigs.k8s.io/krew: test/release installs the
+#                                                           release archive with the real krew)
 #   kubelet, kube-controller-manager,       -> --node-dir  (the real-node cluster of test/harness/realnode;
 #   kube-scheduler, kube-proxy,                            runc, CNI plugins, iptables and conntrack come
 #   containerd, containerd-shim-runc-v2, ctr               from Debian packages, see .ci/run)
+#   registry                                -> --node-dir  (the CNCF distribution registry the real node
+#                                                           pulls the agent image from)
+#
+# Each group has its own "already built" check, so adding a tool never rebuilds the others.
 #
 #   hack/test-assets.sh              build whatever is missing in both directories, print the --dir one
 #   hack/test-assets.sh --dir        print the API server directory only
@@ -18,6 +24,9 @@ set -euo pipefail
 K8S_VERSION=1.36.3
 ETCD_VERSION=3.6.8
 CONTAINERD_VERSION=2.2.9
+# Keep in step with hack/tools/registry/go.mod and hack/tools/krew/go.mod.
+REGISTRY_VERSION=3.1.2
+KREW_VERSION=0.4.3
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/apiproxy
 OUT=${APIPROXY_ASSETS_DIR:-$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION}
@@ -59,6 +68,22 @@ if [[ "${1:-}" != "--node-only" ]] && ! all_there "$OUT" "${API_BINS[@]}"; then
   "$OUT/etcd" --version | head -1 >&2
 fi
 
+# krew v0.4.3 pins Kubernetes libraries of its time: they stay inside its own tools module. No
+# version is stamped in on purpose: an unstamped krew is a "development build", which never asks
+# GitHub for a newer release (the tests also set KREW_NO_UPGRADE_CHECK).
+KREW_BINS=(krew validate-krew-manifest)
+if [[ "${1:-}" != "--node-only" ]] && ! all_there "$OUT" "${KREW_BINS[@]}"; then
+  mkdir -p "$OUT"
+  echo ">> building krew v$KREW_VERSION and validate-krew-manifest into $OUT (about 2 minutes on a cold cache)" >&2
+  (
+    cd "$ROOT/hack/tools/krew"
+    for b in "${KREW_BINS[@]}"; do
+      CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/$b.tmp" "sigs.k8s.io/krew/cmd/$b"
+    done
+  )
+  for b in "${KREW_BINS[@]}"; do mv "$OUT/$b.tmp" "$OUT/$b"; done
+fi
+
 NODE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr)
 WANT_NODE=1
 [[ "${1:-}" == "--api-only" ]] && WANT_NODE=0
@@ -88,5 +113,17 @@ if ((WANT_NODE)) && ! all_there "$NODE_OUT" "${NODE_BINS[@]}"; then
   for b in "${NODE_BINS[@]}"; do mv "$NODE_OUT/$b.tmp" "$NODE_OUT/$b"; done
   "$NODE_OUT/kubelet" --version >&2
   "$NODE_OUT/containerd" --version >&2
+fi
+if ((WANT_NODE)) && ! all_there "$NODE_OUT" registry; then
+  mkdir -p "$NODE_OUT"
+  echo ">> building the distribution registry v$REGISTRY_VERSION into $NODE_OUT (about 2 minutes on a cold cache)" >&2
+  (
+    cd "$ROOT/hack/tools/registry"
+    CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=v$REGISTRY_VERSION" \
+      -o "$NODE_OUT/registry.tmp" github.com/distribution/distribution/v3/cmd/registry
+  )
+  mv "$NODE_OUT/registry.tmp" "$NODE_OUT/registry"
+  "$NODE_OUT/registry" --version >&2
 fi
 if [[ "${1:-}" == "--node-only" ]]; then echo "$NODE_OUT"; else echo "$OUT"; fi

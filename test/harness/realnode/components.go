@@ -21,7 +21,7 @@ func statePath(parts ...string) string { return filepath.Join(append([]string{St
 func writeConfigs(c *Cluster, nw *network) error {
 	files := map[string]string{
 		statePath("containerd", "config.toml"): fmt.Sprintf(containerdConfig, statePath("containerd", "root"), containerdState,
-			containerdSocket, statePath("containerd", "opt"), c.PauseImage, runcRoot, statePath("cni", "net.d")),
+			containerdSocket, statePath("containerd", "opt"), c.PauseImage, certsDir(), runcRoot, statePath("cni", "net.d")),
 		statePath("cni", "net.d", "10-"+CNINetwork+".conflist"): fmt.Sprintf(cniConfig, CNINetwork, Bridge, nw.pod, c.NodeIP, cniIPAMDir),
 		statePath("kubelet.yaml"): fmt.Sprintf(kubeletConfig, containerdSocket, c.NodeIP, statePath("pki", "ca.crt"),
 			statePath("pki", "kubelet-serving.crt"), statePath("pki", "kubelet-serving.key"), statePath("podlogs"), statePath("volume-plugins")),
@@ -46,7 +46,8 @@ func (c *Cluster) pathEnv() []string {
 
 func (c *Cluster) containerdCmd() *exec.Cmd {
 	cmd := exec.Command(filepath.Join(c.nodeAssets, "containerd"), "--config", statePath("containerd", "config.toml"))
-	cmd.Env = c.pathEnv()
+	// Pulls from the node's registry go straight to the node IP, whatever proxy this machine names.
+	cmd.Env = append(c.pathEnv(), "NO_PROXY="+c.NodeIP, "no_proxy="+c.NodeIP)
 	return cmd
 }
 
@@ -108,7 +109,8 @@ func (c *Cluster) componentCmd(name string) *exec.Cmd {
 // containerd v2 (config version 3). Each setting was a failure on these machines first:
 // restrict_oom_score_adj because root here lacks CAP_SYS_RESOURCE (runc cannot lower
 // oom_score_adj), the network namespaces and runc's state under our own directories so teardown
-// finds them, and no NRI.
+// finds them, and no NRI. The registry's config_path is how users trust a private registry
+// (certs.d/HOST:PORT/hosts.toml; see registry.go).
 const containerdConfig = `version = 3
 root = %q
 state = %q
@@ -121,6 +123,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = %q
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = %q
 [plugins.'io.containerd.cri.v1.runtime']
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
@@ -163,7 +167,7 @@ const cniConfig = `{
 
 // failCgroupV1: these machines run cgroup v1, which 1.35+ refuses by default. resolvConf "": pods get
 // no nameserver (no DNS add-on, and they must never query the machine's resolver). Image GC off: the
-// images are imported, never pulled.
+// images are imported or pulled from the node's registry once, and must stay for the whole test.
 const kubeletConfig = `apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false

@@ -18,8 +18,8 @@ import (
 	"github.com/apiproxy/apiproxy/pkg/certs"
 )
 
-// pki is the cluster's throw-away PKI: one CA for everything, a service-account key, and a kubeconfig
-// per client.
+// pki is the cluster's throw-away PKI: one CA for the cluster, one for the node's registry, a
+// service-account key, and a kubeconfig per client.
 type pki struct{ dir string }
 
 func (p pki) path(name string) string       { return filepath.Join(p.dir, name) }
@@ -64,6 +64,17 @@ func writePKI(dir string, c *Cluster) (pki, error) {
 			return p, err
 		}
 	}
+	// The registry has a CA of its own, as a private registry would: containerd trusts it through
+	// hosts.toml, not through the cluster's CA.
+	regCA, err := certs.NewCA("apiproxy-realnode-registry-ca", validity)
+	if err != nil {
+		return p, err
+	}
+	reg, err := regCA.Issue(certs.Request{CommonName: "apiproxy-realnode-registry", Server: true, IPs: []net.IP{nodeIP}, Validity: validity})
+	if err != nil {
+		return p, fmt.Errorf("registry certificate: %w", err)
+	}
+	files["registry-ca.crt"], files["registry.crt"], files["registry.key"] = regCA.CertPEM, reg.CertPEM, reg.KeyPEM
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return p, err

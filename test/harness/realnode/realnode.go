@@ -4,6 +4,10 @@
 // for what needs pods that really run; the API-server-only clusters of package harness stay for
 // everything else.
 //
+// The node also runs an OCI registry (the CNCF distribution registry) on the node IP, with TLS of a
+// CA of its own that containerd trusts through hosts.toml: a test pushes an image or image index
+// with PushIndex and runs pods that pull it by digest, as a cluster pulls from a private registry.
+//
 // It needs root and Linux; without root the test is skipped with a message that says so. Only one
 // such cluster can run per machine (bridge, ports and the kubepods cgroups are machine-wide):
 // Start takes a lock file, so tests of every package using it run one after the other.
@@ -18,9 +22,9 @@
 //
 //	func TestMain(m *testing.M) { os.Exit(harness.RunTests(m)) } // removes the built binaries and images
 //
-//	ref, archive := harness.AgentImage(t) // the image `make image` builds
-//	c := realnode.Start(t, realnode.Options{Images: []string{archive}})
+//	c := realnode.Start(t, realnode.Options{})
 //	c.DumpLogsOnFailure(t)
+//	ref, err := c.PushIndex("apiproxy/agent:v1.2.3", index) // "10.244.0.1:5000/apiproxy/agent:v1.2.3@sha256:..."
 //	pod, err := c.Clientset(t).CoreV1().Pods("default").Create(ctx, c.AppPod("web", "serve", ":8080"), metav1.CreateOptions{})
 //	c.WaitPodReady(t, "default", "web", time.Minute)
 //	out, stderr, err := c.RunKubectl(ctx, t, "exec", "web", "--", "/app", "get", "http://"+c.LocalIP(2)+"/")
@@ -116,13 +120,16 @@ type Cluster struct {
 	Kubectl string
 	// PauseImage and AppImage are the images imported at start (harness.PauseImageRef, AppImageRef).
 	PauseImage, AppImage string
+	// Registry is the node's OCI registry, HOST:PORT (the node IP and RegistryPort): image references
+	// start with it. RegistryCA is the path of the CA certificate its serving certificate chains to.
+	Registry, RegistryCA string
 
 	assets, nodeAssets string
 	procs              *procs
 }
 
 // Components whose logs LogPath knows.
-var Components = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "containerd"}
+var Components = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "containerd", "registry"}
 
 // NodeAssetsDir returns the directory of the node binaries (hack/test-assets.sh --node-dir, or
 // APIPROXY_NODE_ASSETS). When they are missing the test is skipped with instructions, except under
@@ -138,7 +145,7 @@ func NodeAssetsDir(t testing.TB) string {
 		dir = strings.TrimSpace(string(out))
 	}
 	var missing []string
-	for _, b := range []string{"kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr"} {
+	for _, b := range []string{"kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "registry"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			missing = append(missing, b)
 		}
@@ -278,6 +285,8 @@ func (c *Cluster) start(opts Options) error {
 	}
 	c.NodeIP, c.KubernetesServiceIP, c.DefaultInterface = nw.nodeIP.String(), nw.kubernetesIP.String(), nw.defaultIf
 	c.Server = "https://" + net.JoinHostPort(c.NodeIP, fmt.Sprint(APIServerPort))
+	c.Registry = net.JoinHostPort(c.NodeIP, fmt.Sprint(RegistryPort))
+	c.RegistryCA = filepath.Join(StateDir, "pki", "registry-ca.crt")
 
 	for _, d := range []string{StateDir, RunDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -299,12 +308,21 @@ func (c *Cluster) start(opts Options) error {
 	if err := writeConfigs(c, nw); err != nil {
 		return err
 	}
+	if err := writeRegistryConfig(c); err != nil {
+		return err
+	}
 	c.procs = &procs{}
 
+	if err := c.procs.start("registry", c.registryCmd()); err != nil {
+		return err
+	}
 	if err := c.procs.start("containerd", c.containerdCmd()); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, "containerd", func() error { _, err := c.ctr("version"); return err }); err != nil {
+		return err
+	}
+	if err := c.waitRegistry(ctx); err != nil {
 		return err
 	}
 	for _, a := range opts.Images {

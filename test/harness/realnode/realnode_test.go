@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -216,6 +217,27 @@ func smoke(t *testing.T) {
 	t.Run("port-forward", func(t *testing.T) {
 		addr := portForward(ctx, t, c, "pod/podnet", "8080")
 		assertGet(t, "http://"+addr+"/", "hello from podnet")
+	})
+	t.Run("pod pulls from the node's registry by digest", func(t *testing.T) {
+		_, archive := harness.AppImage(t)
+		img, err := tarball.ImageFromPath(archive, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := c.PushImage("test/app:pulled", img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := appPod("pulled", ref, false, ":8080")
+		pod.Spec.Containers[0].ImagePullPolicy = corev1.PullIfNotPresent
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		st := waitPodReady(ctx, t, cs, "default", "pulled").Status.ContainerStatuses
+		_, digest, _ := strings.Cut(ref, "@")
+		if want := c.Registry + "/test/app@" + digest; len(st) != 1 || st[0].ImageID != want {
+			t.Errorf("container statuses %+v, want image ID %s", st, want)
+		}
 	})
 	t.Run("component logs", func(t *testing.T) {
 		if !strings.Contains(c.Log("kubelet"), c.NodeName) {

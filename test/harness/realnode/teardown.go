@@ -16,7 +16,8 @@ import (
 )
 
 // Teardown removes everything a real-node cluster made, whether this process started it or a run
-// that was killed: components (by the PIDs recorded in StateDir), pod processes (the kubepods
+// that was killed: components and the registry (by the PIDs recorded in StateDir; the registry's
+// blobs are under StateDir too), pod processes (the kubepods
 // cgroups), the containerd shims of our socket, mounts, cgroups, iptables chains and rules, the
 // bridge, and files. It is idempotent; Start calls it first, and t.Cleanup after the test.
 // nodeAssets is the directory holding kube-proxy (its --cleanup removes its rules).
@@ -37,7 +38,8 @@ func Teardown(nodeAssets string) error {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	errs = append(errs, stopRecorded("kube-apiserver", 5*time.Second), stopRecorded("etcd", 5*time.Second))
+	errs = append(errs, stopRecorded("kube-apiserver", 5*time.Second), stopRecorded("etcd", 5*time.Second),
+		stopRecorded("registry", 5*time.Second))
 	// Anything else still running from our directories (a component started just before a kill, so
 	// without a pid file).
 	for pid, argv := range cmdlines() {
