@@ -28,14 +28,30 @@ type builtBinary struct {
 // (from TestMain), which deletes the binaries at the end.
 func Binary(t testing.TB, pkg string) string {
 	t.Helper()
+	return build(t, pkg, "", "")
+}
+
+// LinuxBinary returns the project's command pkg cross-compiled for linux/goarch ("amd64", "arm64"),
+// static like Binary: what goes into each platform's image of the agent's image index.
+func LinuxBinary(t testing.TB, pkg, goarch string) string {
+	t.Helper()
+	return build(t, pkg, "linux", goarch)
+}
+
+func build(t testing.TB, pkg, goos, goarch string) string {
+	t.Helper()
+	key := pkg
+	if goos != "" {
+		key = pkg + "@" + goos + "/" + goarch
+	}
 	binaries.mu.Lock()
 	if binaries.built == nil {
 		binaries.built = map[string]*builtBinary{}
 	}
-	b := binaries.built[pkg]
+	b := binaries.built[key]
 	if b == nil {
 		b = &builtBinary{}
-		binaries.built[pkg] = b
+		binaries.built[key] = b
 	}
 	if binaries.dir == "" {
 		dir, err := os.MkdirTemp("", "apiproxy-test-bin-")
@@ -50,13 +66,19 @@ func Binary(t testing.TB, pkg string) string {
 
 	b.once.Do(func() {
 		b.path = filepath.Join(dir, filepath.Base(pkg))
+		if goos != "" {
+			b.path = filepath.Join(dir, goos+"-"+goarch, filepath.Base(pkg))
+		}
 		cmd := exec.Command("go", "build", "-trimpath", "-o", b.path, pkg)
 		cmd.Dir = RepoRoot(t)
 		// Static, as `make` builds them (the Makefile exports CGO_ENABLED=0): the same binary runs on
 		// the host and inside the images the real-node tests build from it.
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if goos != "" {
+			cmd.Env = append(cmd.Env, "GOOS="+goos, "GOARCH="+goarch)
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+			b.err = fmt.Errorf("go build %s (%s): %v\n%s", pkg, key, err, out)
 		}
 	})
 	if b.err != nil {

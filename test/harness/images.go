@@ -7,16 +7,25 @@ import (
 	"sync"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/apiproxy/apiproxy/internal/imagebuild"
+	"github.com/apiproxy/apiproxy/pkg/version"
 )
 
-// The image names the tests use. They live only in the test node's containerd (imported from the
-// archives, never pulled): pods must use imagePullPolicy IfNotPresent or Never.
+// The image names of the images the tests import into the test node's containerd (never pulled):
+// pods must use imagePullPolicy IfNotPresent or Never.
 const (
-	AgentImageRef = "apiproxy.local/agent:test"
 	PauseImageRef = "apiproxy.local/pause:test"
 	AppImageRef   = "apiproxy.local/app:test"
 )
+
+// AgentRepository is the agent's repository in the real node's registry; AgentIndex's images are
+// pushed there with the tag of this build's version (what the plugin under test names).
+const AgentRepository = "apiproxy/agent"
+
+// AgentPlatforms are the architectures of the agent's image index, as `make release` builds it.
+var AgentPlatforms = []string{"amd64", "arm64"}
 
 var images struct {
 	mu    sync.Mutex
@@ -61,20 +70,41 @@ func imageArchive(t testing.TB, ref string, spec func() (imagebuild.Spec, error)
 	return b.path
 }
 
-// AgentImage returns the agent image's name and archive, built once per test process by the same
-// code as `make image` (internal/imagebuild.AgentSpec: the static agent plus Debian's iptables), so
-// the tests run exactly that image. The package must run its tests through RunTests.
-func AgentImage(t testing.TB) (ref, archive string) {
+// agentIndex is AgentIndex's result, built once per test process.
+var agentIndex struct {
+	once sync.Once
+	idx  v1.ImageIndex
+	err  error
+}
+
+// AgentIndex returns the agent's multi-platform image index (linux/amd64 and linux/arm64), built once
+// per test process by the code `make release` uses (imagebuild.AgentIndex: each platform's static
+// agent, cross-compiled here, plus that architecture's iptables packages from Debian), so the tests
+// pull exactly what a release publishes. The arm64 packages need `dpkg --add-architecture arm64`
+// and `apt-get update` (.ci/run does both). The package must run its tests through RunTests.
+func AgentIndex(t testing.TB) v1.ImageIndex {
 	t.Helper()
-	agent := Binary(t, "./cmd/agent")
-	return AgentImageRef, imageArchive(t, AgentImageRef, func() (imagebuild.Spec, error) {
-		return imagebuild.AgentSpec(imagebuild.AgentOptions{
-			Binary:   agent,
+	bins := map[string]string{}
+	for _, arch := range AgentPlatforms {
+		bins[arch] = LinuxBinary(t, "./cmd/agent", arch)
+	}
+	agentIndex.once.Do(func() {
+		agentIndex.idx, agentIndex.err = imagebuild.AgentIndex(imagebuild.IndexOptions{
+			Binaries: bins,
 			License:  filepath.Join(RepoRoot(t), "LICENSE"),
 			DebCache: debCache(),
+			Version:  version.Version,
+			Source:   "https://github.com/apiproxy/apiproxy",
 		})
 	})
+	if agentIndex.err != nil {
+		t.Fatalf("agent image index: %v", agentIndex.err)
+	}
+	return agentIndex.idx
 }
+
+// AgentRepoTag is the repository and tag AgentIndex is pushed as: "apiproxy/agent:<version>".
+func AgentRepoTag() string { return AgentRepository + ":" + version.Version }
 
 // PauseImage returns the pod sandbox image (test/images/pause) and its archive.
 func PauseImage(t testing.TB) (ref, archive string) {

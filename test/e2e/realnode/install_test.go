@@ -1,6 +1,7 @@
 // Package realnode_test runs the agents as real pods on a real node (test/harness/realnode): the
-// image `make image` builds, installed by the plugin, called by the real API server, serving pods
-// that reach their API server through the node IP.
+// release's multi-platform image index, pushed to the node's registry and pulled by the node's
+// containerd by digest, installed by the plugin, called by the real API server, serving pods that
+// reach their API server through the node IP.
 package realnode_test
 
 import (
@@ -84,9 +85,9 @@ func TestAgentsOnRealNode(t *testing.T) {
 }
 
 func agentsOnRealNode(t *testing.T) (nodeIP string) {
-	ref, archive := harness.AgentImage(t)
-	c := realnode.Start(t, realnode.Options{Images: []string{archive}})
+	c := realnode.Start(t, realnode.Options{})
 	c.DumpLogsOnFailure(t)
+	ref := pushAgent(t, c)
 	e := &env{c: c, image: ref, nodeIP: c.LocalIP(2)}
 	nodeIP = e.nodeIP
 	ctx := context.Background()
@@ -115,8 +116,12 @@ func agentsOnRealNode(t *testing.T) (nodeIP string) {
 				if cs.Image != ref {
 					t.Errorf("pod %s container %s runs %s, want %s", p.Name, cs.Name, cs.Image, ref)
 				}
+				if cs.ImagePullPolicy != corev1.PullIfNotPresent {
+					t.Errorf("pod %s container %s has imagePullPolicy %s, want IfNotPresent", p.Name, cs.Name, cs.ImagePullPolicy)
+				}
 			}
 		}
+		assertPulledFromRegistry(t, c, ref, pods.Items)
 	})
 	if t.Failed() {
 		return nodeIP
@@ -339,6 +344,66 @@ func agentsOnRealNode(t *testing.T) (nodeIP string) {
 		}
 	})
 	return nodeIP
+}
+
+// pushAgent pushes the release's agent image index (both platforms) to the node's registry, checks
+// that the node does not have it yet, and returns the reference pinned by digest that install gets:
+// "10.244.0.1:5000/apiproxy/agent:<version>@sha256:<index digest>".
+func pushAgent(t *testing.T, c *realnode.Cluster) string {
+	t.Helper()
+	start := time.Now()
+	idx := harness.AgentIndex(t)
+	built := time.Since(start)
+	ref, err := c.PushIndex(harness.AgentRepoTag(), idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent image index built in %s, pushed in %s: %s", built.Round(100*time.Millisecond), (time.Since(start) - built).Round(100*time.Millisecond), ref)
+	// Only the pause and app images are imported: the agent must come from the registry.
+	if images := c.Ctr(t, "-n", "k8s.io", "images", "ls", "-q"); strings.Contains(images, harness.AgentRepository) {
+		t.Fatalf("the node has an agent image before the install, so nothing would be pulled:\n%s", images)
+	}
+	return ref
+}
+
+// assertPulledFromRegistry checks that the pods' containers run the index digest of ref, and that
+// the node's containerd pulled it from the registry: the kubelet's Pulled event, the image now in
+// containerd, and the registry's log of the manifest request by digest.
+func assertPulledFromRegistry(t *testing.T, c *realnode.Cluster, ref string, pods []corev1.Pod) {
+	t.Helper()
+	_, digest, _ := strings.Cut(ref, "@")
+	repo := c.Registry + "/" + harness.AgentRepository
+	for _, p := range pods {
+		for _, st := range p.Status.ContainerStatuses {
+			if st.ImageID != repo+"@"+digest {
+				t.Errorf("pod %s container %s runs image %q, want %s@%s", p.Name, st.Name, st.ImageID, repo, digest)
+			}
+		}
+	}
+	ctx := context.Background()
+	events, err := c.Clientset(t).CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=Pulled"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pulled := 0
+	for _, ev := range events.Items {
+		if strings.Contains(ev.Message, fmt.Sprintf("Successfully pulled image %q", ref)) {
+			pulled++
+		}
+	}
+	if pulled == 0 {
+		var msgs []string
+		for _, ev := range events.Items {
+			msgs = append(msgs, ev.InvolvedObject.Name+": "+ev.Message)
+		}
+		t.Errorf("no Pulled event says %q was pulled; Pulled events:\n%s", ref, strings.Join(msgs, "\n"))
+	}
+	if images := c.Ctr(t, "-n", "k8s.io", "images", "ls"); !strings.Contains(images, repo) || !strings.Contains(images, digest) {
+		t.Errorf("containerd does not list %s with %s after the install:\n%s", repo, digest, images)
+	}
+	if log := c.Log("registry"); !strings.Contains(log, "/v2/"+harness.AgentRepository+"/manifests/"+digest) {
+		t.Errorf("the registry's log has no request for the manifest %s: the image did not come from it", digest)
+	}
 }
 
 func podReady(p *corev1.Pod) bool {

@@ -34,17 +34,18 @@ func TestProxyRolloutAndUninstallOnRealNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the real-node cluster needs root: run the tests as root, as CI does")
 	}
-	ref, archive := harness.AgentImage(t)
-	c := realnode.Start(t, realnode.Options{Images: []string{archive}})
+	c := realnode.Start(t, realnode.Options{})
 	c.DumpLogsOnFailure(t)
+	ref := pushAgent(t, c)
 	e := &env{c: c, image: ref, nodeIP: c.LocalIP(2)}
 	ctx := context.Background()
 	cs := c.Clientset(t)
 
 	t.Run("install --wait names a pod that cannot pull its image, long before the deadline", func(t *testing.T) {
-		// A registry on loopback where nothing listens: the pull fails at once, and no packet
-		// leaves the machine.
-		const missing = "localhost:1/apiproxy/agent:missing"
+		// The agent's repository and tag, with a digest the registry does not have: the node's
+		// registry answers "manifest unknown", as a registry does for a mistyped digest.
+		repoTag, _, _ := strings.Cut(ref, "@")
+		missing := repoTag + "@sha256:" + strings.Repeat("0", 64)
 		start := time.Now()
 		out, stderr, err := e.plugin(t, "install", "--roles", "proxy", "--image", missing, "--wait", "--timeout", "4m")
 		took := time.Since(start)
@@ -67,6 +68,13 @@ func TestProxyRolloutAndUninstallOnRealNode(t *testing.T) {
 		}
 		if took > 3*time.Minute {
 			t.Errorf("install --wait took %s: it waited for the deadline instead of saying what is wrong", took)
+		}
+		// The failure is the registry's answer ("not found"), not a connection or TLS error.
+		if !strings.Contains(stderr, "not found") {
+			t.Errorf("the failure does not pass on the registry's answer (not found)")
+		}
+		if log := c.Log("registry"); !strings.Contains(log, "/v2/"+harness.AgentRepository+"/manifests/sha256:"+strings.Repeat("0", 64)) {
+			t.Errorf("the registry's log has no request for the missing digest: the pull did not reach it")
 		}
 	})
 

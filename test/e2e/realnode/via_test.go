@@ -279,9 +279,9 @@ func viaClosedByServer(raw net.Conn, cfg *tls.Config) error {
 func viaSetUp(t *testing.T) *viaEnv {
 	t.Helper()
 	ctx := context.Background()
-	ref, archive := harness.AgentImage(t)
-	c := realnode.Start(t, realnode.Options{Images: []string{archive}})
+	c := realnode.Start(t, realnode.Options{})
 	c.DumpLogsOnFailure(t)
+	ref := pushAgent(t, c)
 	crds := harness.Cluster{Name: "cl01", Config: c.Config}
 	crds.InstallCRDs(t, liqo.IPCRD(), liqo.ConfigurationCRD())
 
