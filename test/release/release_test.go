@@ -143,12 +143,13 @@ outer:
 	return out
 }
 
-// snapshot makes dst a local clone of root's HEAD (sharing its objects) with root's uncommitted and
+// snapshot makes dst a local clone of root's HEAD (a plain clone: cyclonedx-gomod reads the
+// repository with go-git, which cannot follow a --shared clone's alternates) with root's uncommitted and
 // untracked, not ignored, files copied over and its deleted files deleted: the working tree as it is
 // now, with git history, so the release's commit and commit time are root's.
 func snapshot(root, dst string) (string, error) {
-	if out, err := exec.Command("git", "clone", "--quiet", "--shared", root, dst).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("git clone --shared %s: %v\n%s", root, err, out)
+	if out, err := exec.Command("git", "clone", "--quiet", root, dst).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git clone %s: %v\n%s", root, err, out)
 	}
 	out, err := exec.Command("git", "-C", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").Output()
 	if err != nil {
