@@ -82,12 +82,21 @@ func AgentIndex(o IndexOptions) (v1.ImageIndex, error) {
 		}
 		img = mutate.Annotations(img, annotations).(v1.Image)
 		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
-			Add:        img,
+			Add:        withoutArtifactType{img},
 			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}},
 		})
 	}
 	return mutate.Annotations(idx, annotations).(v1.ImageIndex), nil
 }
+
+// withoutArtifactType keeps artifactType out of the image's index entry. go-containerregistry fills
+// it in from the config's media type, and skopeo before 1.16 (containers/image before v5.32; Debian
+// 12 ships 1.9.3) drops that field when it copies an index: `skopeo copy --all` then pushed another
+// index than the one the plugin pins, and refused with --preserve-digests. For an image the field
+// says nothing its manifest does not (test/release's push tests run Debian's skopeo).
+type withoutArtifactType struct{ v1.Image }
+
+func (withoutArtifactType) ArtifactType() (string, error) { return "", nil }
 
 // WriteLayout writes idx as an OCI image layout directory (oci-layout, index.json, blobs/sha256/)
 // whose index.json has one entry, the image index, named refName (org.opencontainers.image.ref.name,
