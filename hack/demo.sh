@@ -160,7 +160,8 @@ up_real_node() {
   say "Building the plugin, the agent image (make image, no Docker) and the test images"
   make -s build
   ASSETS=$(hack/test-assets.sh --api-only)
-  # Tagged with the plugin's version (make passes VERSION), so status reports no version skew.
+  # Tagged with the plugin's version (make passes VERSION), so status reports no version skew. The
+  # node pulls it from its registry by digest: AGENT_IMAGE in env.sh.
   AGENT_REF=apiproxy.local/agent:${VERSION:-demo}
   make -s image IMAGE=$AGENT_REF DIST=$DEMO/images
   go build -o bin/demo-env ./hack/demo
@@ -168,7 +169,7 @@ up_real_node() {
   CGO_ENABLED=0 go build -o $DEMO/images/app ./test/images/app
   echo "$NODE_ASSETS" > $DEMO/realnode
 
-  say "Starting cl02 (a real node on bridge apxnode0) and cl01 (an API server only)"
+  say "Starting cl02 (a real node on bridge apxnode0, with an OCI registry) and cl01 (an API server only)"
   echo "Only one real-node cluster runs per machine ($LOCK_WAIT s wait at most if another one holds /run/apiproxy-realnode.lock)."
   start_env $((LOCK_WAIT + 300)) --real-node --assets "$ASSETS" --node-assets "$NODE_ASSETS" \
     --agent-image $DEMO/images/agent-image.tar --agent-ref $AGENT_REF \
@@ -180,11 +181,13 @@ up_real_node() {
   k() { printf '$ kubectl %s\n' "$*"; kubectl "$@"; }
 
   say "install: the proxy, node and webhook agents as pods on cl02, waiting until they are Ready"
-  echo "(pods reach kubernetes.default.svc through $HOST_ALIAS_IP, an address the node agent puts on the node)"
+  echo "(pods reach kubernetes.default.svc through $HOST_ALIAS_IP, an address the node agent puts on the node;"
+  echo " the node pulls the agent image from its registry, by digest)"
   run kubectl apiproxy --context cl02 install --roles proxy,node,webhook --apiserver-fqdn kubernetes.default.svc \
-    --host-alias-ip "$HOST_ALIAS_IP" --node-ip "$HOST_ALIAS_IP" --setup-iptables --image "$AGENT_REF" --wait --timeout 3m
+    --host-alias-ip "$HOST_ALIAS_IP" --node-ip "$HOST_ALIAS_IP" --setup-iptables --image "$AGENT_IMAGE" --wait --timeout 3m
   run kubectl apiproxy --context cl02 status
   k --context cl02 -n apiproxy-system get pods -o wide
+  k --context cl02 -n apiproxy-system get events --field-selector reason=Pulled -o custom-columns=POD:.involvedObject.name,MESSAGE:.message
 
   say "webhook: a new pod gets the injected API server address"
   k --context cl02 run client --image "$APP_IMAGE" --image-pull-policy Never --restart Never -- serve :8080

@@ -6,9 +6,10 @@
 // 127.81.0.3:8118.
 //
 // With --real-node (root, Linux, node binaries built) cl02 is a real-node cluster
-// (test/harness/realnode: kubelet, containerd, kube-proxy on the harness's bridge) with the agent,
-// pause and app images imported, and cl01 an API-server-only cluster; hack/demo.sh then installs
-// the agents as pods. It holds the machine's real-node lock for its whole life (the lock is released
+// (test/harness/realnode: kubelet, containerd, kube-proxy on the harness's bridge) with the pause and
+// app images imported and the agent image pushed to the node's registry, and cl01 an
+// API-server-only cluster; hack/demo.sh then installs the agents as pods, which the node pulls from
+// that registry by digest. It holds the machine's real-node lock for its whole life (the lock is released
 // when it exits, however it exits) and waits for it at most --lock-wait.
 //
 // With --cleanup it only removes what a killed real-node demo left behind, if it gets the lock
@@ -28,6 +29,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -53,8 +56,8 @@ func main() {
 	assets := flag.String("assets", "", "directory with kube-apiserver, etcd and kubectl (hack/test-assets.sh --dir)")
 	realNode := flag.Bool("real-node", false, "make cl02 a real-node cluster (root, Linux, node binaries)")
 	nodeAssets := flag.String("node-assets", "", "directory of the node binaries (hack/test-assets.sh --node-dir)")
-	agentImage := flag.String("agent-image", "", "the agent image archive (make image), imported into cl02's node")
-	agentRef := flag.String("agent-ref", "", "the agent image's name in that archive")
+	agentImage := flag.String("agent-image", "", "the agent image archive (make image), pushed to cl02's registry")
+	agentRef := flag.String("agent-ref", "", "the agent image's name in that archive (its tag is kept in the registry)")
 	pauseBin := flag.String("pause", "", "the static test/images/pause binary (the node's sandbox image)")
 	appBin := flag.String("app", "", "the static test/images/app binary (the demo's workload image)")
 	lockWait := flag.Duration("lock-wait", 5*time.Minute, "how long to wait for another real-node cluster on this machine to end")
@@ -280,11 +283,16 @@ func upRealNode(td *harness.Teardown, sig <-chan os.Signal, dir, assets, nodeAss
 		c, err := harness.StartWith(td, assets, harness.Options{Name: "cl01", CRDs: crds})
 		ch <- started{c, err}
 	}()
-	cl02, err := realnode.StartWith(td, logf, assets, nodeAssets, realnode.Options{Images: []string{pauseTar, appTar, agentImage}})
+	cl02, err := realnode.StartWith(td, logf, assets, nodeAssets, realnode.Options{Images: []string{pauseTar, appTar}})
 	cl01 := <-ch
 	if err = errors.Join(err, cl01.err); err != nil {
 		return err
 	}
+	agentPinned, err := pushAgent(cl02, agentImage, agentRef)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("agent image pushed to cl02's registry %s (TLS, its CA trusted by containerd through hosts.toml): %s\n", cl02.Registry, agentPinned)
 	if err := peer(cl01.c.Config, cl02); err != nil {
 		return err
 	}
@@ -292,13 +300,27 @@ func upRealNode(td *harness.Teardown, sig <-chan os.Signal, dir, assets, nodeAss
 		return err
 	}
 	env := fmt.Sprintf("NODE_IP=%s\nHOST_ALIAS_IP=%s\nSERVICE_CIDR=%s\nAGENT_IMAGE=%s\nAPP_IMAGE=%s\nCL02_SERVER=%s\n",
-		cl02.NodeIP, cl02.LocalIP(2), cl02.ServiceCIDR, agentRef, cl02.AppImage, cl02.Server)
+		cl02.NodeIP, cl02.LocalIP(2), cl02.ServiceCIDR, agentPinned, cl02.AppImage, cl02.Server)
 	if err := os.WriteFile(filepath.Join(dir, "env.sh"), []byte(env), 0o644); err != nil {
 		return err
 	}
 	fmt.Printf("cl01 API server: %s (API server only)\ncl02 API server: %s (node %s, IP %s on bridge %s; pods %s, Services %s)\n",
 		cl01.c.Server, cl02.Server, cl02.NodeName, cl02.NodeIP, realnode.Bridge, cl02.PodCIDR, cl02.ServiceCIDR)
 	return nil
+}
+
+// pushAgent pushes the image of `make image`'s archive to the node's registry as
+// apiproxy/agent:<the archive's tag> and returns the reference pinned by digest that install gets.
+func pushAgent(c *realnode.Cluster, archive, ref string) (string, error) {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return "", fmt.Errorf("--agent-ref %q: %w", ref, err)
+	}
+	img, err := tarball.ImageFromPath(archive, nil) // `make image` writes one image
+	if err != nil {
+		return "", fmt.Errorf("reading the agent image %s from %s: %w", ref, archive, err)
+	}
+	return c.PushImage(harness.AgentRepository+":"+tag.TagStr(), img)
 }
 
 func writeImage(dir, ref string, spec imagebuild.Spec) (string, error) {
