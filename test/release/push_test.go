@@ -562,7 +562,7 @@ func runRegistry(t *testing.T, bin, dir, addr string) error {
 	}
 
 	client := &http.Client{Transport: loopbackTransport(), Timeout: 2 * time.Second}
-	err = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
 		select {
 		case <-exited:
 			return false, errors.New("the registry exited")
