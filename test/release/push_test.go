@@ -52,6 +52,8 @@ var stepShell = []string{"bash", "-e"}
 // registry, and what the registry then serves under the tag is the index the plugin pins, with
 // both platforms, each pullable by digest.
 func TestPushWorkflowStepPushesThePinnedIndex(t *testing.T) {
+	needJQ(t)
+	registryBinary(t)
 	dist := releaseDir(t)
 	pinned := layoutIndexDigest(t, filepath.Join(dist, "agent-image"))
 	if got, want := releasedAgentImage(t, dist), testImageRepo+":"+releaseVersion+"@"+pinned.String(); got != want {
@@ -77,8 +79,9 @@ func TestPushWorkflowStepPushesThePinnedIndex(t *testing.T) {
 // maintainers and mirror operators, under the digest the plugin pins. --preserve-digests makes a
 // skopeo that would rewrite the index fail instead of pushing a digest nothing pins.
 func TestPushWithSkopeoKeepsThePinnedDigest(t *testing.T) {
-	dist := releaseDir(t)
 	skopeo := skopeoBinary(t)
+	registryBinary(t)
+	dist := releaseDir(t)
 	registry := startRegistry(t)
 	for _, src := range []struct{ name, ref string }{
 		{"layout", "oci:" + filepath.Join(dist, "agent-image")},
@@ -100,6 +103,8 @@ func TestPushWithSkopeoKeepsThePinnedDigest(t *testing.T) {
 // index.json itself, an index of the index) the step fails, names both digests, and hands no
 // DIGEST to the signing step.
 func TestPushRewrappedLayoutFailsTheDigestCheck(t *testing.T) {
+	needJQ(t)
+	registryBinary(t)
 	dist := releaseDir(t)
 	pinned := layoutIndexDigest(t, filepath.Join(dist, "agent-image"))
 	repo := startRegistry(t) + "/apiproxy/agent"
@@ -284,9 +289,7 @@ type stepResult struct {
 // login` writes there; the registry on loopback needs no login).
 func runPushStep(t *testing.T, dist, repo string, edit func(string) string) stepResult {
 	t.Helper()
-	if _, err := exec.LookPath("jq"); err != nil {
-		prerequisiteMissing(t, "jq is not installed (the push step reads index.json with it): apt-get install jq")
-	}
+	needJQ(t)
 	script := expandExpressions(t, workflowStep(t, "crane push").Run)
 	if edit != nil {
 		script = edit(script)
@@ -382,6 +385,14 @@ func expandExpressions(t *testing.T, script string) string {
 		}
 		return v
 	})
+}
+
+// needJQ: the push step reads index.json with jq.
+func needJQ(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("jq"); err != nil {
+		prerequisiteMissing(t, "jq is not installed (the workflow's push step reads index.json with it): apt-get install jq (.ci/run installs it)")
+	}
 }
 
 // --- crane ---
