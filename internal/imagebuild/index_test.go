@@ -3,7 +3,9 @@ package imagebuild_test
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,4 +184,22 @@ func imagebuildIndex(t *testing.T, img v1.Image) v1.ImageIndex {
 	return mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), mutate.IndexAddendum{
 		Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}},
 	})
+}
+
+// An architecture dpkg does not know is refused before any download, with the command that adds it.
+func TestAptReadyNamesTheFix(t *testing.T) {
+	if _, err := exec.LookPath("dpkg"); err != nil {
+		t.Skip("not a Debian machine: no dpkg")
+	}
+	out, _ := exec.Command("dpkg", "--print-foreign-architectures").Output()
+	if strings.Contains(string(out), "s390x") {
+		t.Skip("s390x is a foreign architecture here")
+	}
+	err := imagebuild.AptReady("s390x")
+	if err == nil || !strings.Contains(err.Error(), "dpkg --add-architecture s390x && apt-get update") {
+		t.Errorf("err = %v, want one with `dpkg --add-architecture s390x && apt-get update`", err)
+	}
+	if _, err := imagebuild.DownloadDebsArch(t.TempDir(), "s390x", imagebuild.IPTablesPackages); err == nil || !strings.Contains(err.Error(), "dpkg --add-architecture s390x") {
+		t.Errorf("DownloadDebsArch: err = %v, want the same hint", err)
+	}
 }
