@@ -75,6 +75,7 @@ func main() {
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "release:", err)
+		fmt.Fprintf(os.Stderr, "release: %s is incomplete (no checksums.txt is written before the end); the next run replaces it\n", o.dist)
 		os.Exit(1)
 	}
 }
