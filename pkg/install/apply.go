@@ -47,6 +47,7 @@ func (d DryRun) apiDryRun() []string {
 // RenderOffline renders for a client dry run: no cluster is contacted, so the webhook gets fresh
 // certificates and Liqo's IP resource (which needs the live Service ClusterIP) is left out.
 func RenderOffline(o Options, log io.Writer) ([]*unstructured.Unstructured, error) {
+	o.DefaultHostAlias()
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -91,7 +92,14 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 	if err != nil {
 		return nil, err
 	}
-	warnNodeIP(ctx, c, o, log)
+	keptNodeIP, err := keepInstalledNodeIP(ctx, c, &o, log)
+	if err != nil {
+		return nil, err
+	}
+	o.DefaultHostAlias()
+	if err := checkNodeIP(ctx, c, o, keptNodeIP, log); err != nil {
+		return nil, err
+	}
 	warnPullSecrets(ctx, c, o, log)
 	if err := decideSources(ctx, c, &o, log); err != nil {
 		return nil, err

@@ -13,11 +13,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
-// SafeNodeIPExample is the address the README and the warnings suggest for --node-ip: link-local
+// SafeNodeIPExample is the address the messages suggest for --node-ip, the default: link-local
 // (169.254.0.0/16) is never a Service, pod or routed address, so neither kube-proxy nor the CNI can
-// claim it; NodeLocal DNSCache uses 169.254.20.10 the same way (stay clear of that one and of the
+// claim it; NodeLocal DNSCache uses 169.254.20.10 the same way (Validate refuses that one and the
 // cloud metadata address 169.254.169.254).
-const SafeNodeIPExample = "169.254.20.11"
+const SafeNodeIPExample = DefaultNodeIP
 
 var (
 	serviceCIDRResource = schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "servicecidrs"}
@@ -119,17 +119,65 @@ func NodeIPCollisions(nodeIP string, ranges []Range) []string {
 	return msgs
 }
 
-// warnNodeIP warns (on log) when --node-ip lies inside a service or pod CIDR of the cluster. A
-// warning, not a refusal: the address may be reserved on purpose; the user decides.
-func warnNodeIP(ctx context.Context, c *Client, o Options, log io.Writer) {
+// checkNodeIP refuses a --node-ip inside a service or pod CIDR of the cluster: kube-proxy would send
+// the node's API traffic to whichever Service gets that address, or the CNI would give it to a pod.
+// --allow-node-ip-overlap (the address is reserved on purpose) and an address kept from the
+// installed DaemonSet (refusing would block every upgrade of such an install) only warn. When the
+// ranges cannot be read, it warns and goes on: the check is a safeguard, not a prerequisite.
+func checkNodeIP(ctx context.Context, c *Client, o Options, kept bool, log io.Writer) error {
 	if !o.Has(RoleNode) {
-		return
+		return nil
 	}
 	ranges, err := ClusterRanges(ctx, c)
 	if err != nil {
 		fmt.Fprintf(log, "Warning: cannot check --node-ip %s against the cluster's service and pod CIDRs: %v\n", o.NodeIP, err)
 	}
-	for _, msg := range NodeIPCollisions(o.NodeIP, ranges) {
-		fmt.Fprintln(log, "Warning:", msg)
+	msgs := NodeIPCollisions(o.NodeIP, ranges)
+	switch {
+	case len(msgs) == 0:
+		return nil
+	case kept:
+		for _, msg := range msgs {
+			fmt.Fprintf(log, "Warning: %s (kept from the installed DaemonSet %s; moving it cuts off the pods created before until they are recreated)\n", msg, nodeDaemonSetName)
+		}
+		return nil
+	case o.AllowNodeIPOverlap:
+		for _, msg := range msgs {
+			fmt.Fprintf(log, "Warning: %s (allowed by --allow-node-ip-overlap)\n", msg)
+		}
+		return nil
 	}
+	return fmt.Errorf("%s; or pass --allow-node-ip-overlap if the address is reserved for this on purpose", strings.Join(msgs, "; "))
+}
+
+// keepInstalledNodeIP makes an upgrade keep the address the nodes already serve: without --node-ip,
+// the installed DaemonSet's --ip-address wins over the default (which changed from 10.96.0.2 to
+// 169.254.20.11), because every pod created since the first install reaches its API server there
+// (hostAliases). It says so on log. An explicit --node-ip that moves the address is warned about.
+func keepInstalledNodeIP(ctx context.Context, c *Client, o *Options, log io.Writer) (kept bool, err error) {
+	if !o.Has(RoleNode) {
+		return false, nil
+	}
+	obj, err := c.get(ctx, gvkDaemonSet, o.Namespace, nodeDaemonSetName)
+	if err != nil {
+		return false, fmt.Errorf("reading the installed daemonset %s/%s for its node IP: %w", o.Namespace, nodeDaemonSetName, err)
+	}
+	if obj == nil {
+		return false, nil
+	}
+	installed, _ := nodeAddress(&unstructured.Unstructured{Object: obj})
+	if installed == o.NodeIP {
+		// Also when given explicitly: it is what the nodes and pods use already.
+		return true, nil
+	}
+	if o.NodeIPSet {
+		fmt.Fprintf(log, "Warning: moving the node IP from %s to %s: pods created before this install reach the API server at %s "+
+			"(hostAliases) and lose it once the node agents have rolled; recreate them (kubectl rollout restart) after the rollout. "+
+			"%s stays on the nodes' %s until uninstall or a reboot\n", installed, o.NodeIP, installed, installed, o.NodeInterface)
+		return false, nil
+	}
+	fmt.Fprintf(log, "keeping the node IP %s of the installed daemonset %s/%s (the default is %s; pass --node-ip to change it)\n",
+		installed, o.Namespace, nodeDaemonSetName, DefaultNodeIP)
+	o.NodeIP = installed
+	return true, nil
 }

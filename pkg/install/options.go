@@ -34,9 +34,11 @@ var AllRoles = []Role{RoleProxy, RoleNode, RoleWebhook}
 
 // Defaults of the install flags.
 const (
-	DefaultNamespace      = "apiproxy-system"
-	DefaultProxyPort      = 8118
-	DefaultNodeIP         = "10.96.0.2"
+	DefaultNamespace = "apiproxy-system"
+	DefaultProxyPort = 8118
+	// DefaultNodeIP is link-local (169.254.0.0/16): never a Service, pod or routed address, so
+	// neither kube-proxy nor the CNI can claim it (NodeLocal DNSCache's pattern; it uses .10).
+	DefaultNodeIP         = "169.254.20.11"
 	DefaultNodeInterface  = "apiproxy0"
 	DefaultLiqoNamespace  = "liqo"
 	DefaultImageRepo      = "ghcr.io/apiproxy/agent"
@@ -82,14 +84,19 @@ type Options struct {
 	APIServerPort int
 	HostAliasIP   string
 	LiqoNamespace string
-	CreateIP      CreateIP
-
 	// Registry, when set, moves Image to a mirror (--registry HOST[:PORT][/PATH]); AgentImage is
 	// what the pods get.
 	Registry string
 	// ImagePullSecrets go into every pod spec the install renders (--image-pull-secret).
 	ImagePullSecrets []string
 
+	// NodeIPSet and HostAliasIPSet say that the user gave --node-ip and --host-alias-ip. Without
+	// --node-ip an installed DaemonSet's address is kept (nodeip.go); without --host-alias-ip, the
+	// node and webhook roles together alias the API server name to the node IP.
+	NodeIPSet, HostAliasIPSet bool
+	// AllowNodeIPOverlap turns the refusal of a --node-ip inside a service or pod CIDR into a warning.
+	AllowNodeIPOverlap bool
+	CreateIP           CreateIP
 	// Relay makes this cluster's proxy a relay to its Liqo peers' proxies (connect --via): the peers'
 	// remapped external CIDRs, read from the Configurations at install time, become AllowTargets.
 	Relay bool
@@ -218,6 +225,9 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("--node-ip %q is not an IP address: use e.g. %s", o.NodeIP, DefaultNodeIP))
 		} else if ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast() {
 			errs = append(errs, fmt.Errorf("--node-ip %s cannot be a loopback, unspecified or multicast address: use a free address, e.g. %s", o.NodeIP, DefaultNodeIP))
+		} else if why, taken := reservedNodeIPs[ip.String()]; taken {
+			// The node agent moves its address off every other interface: it would take these away.
+			errs = append(errs, fmt.Errorf("--node-ip %s is %s: the node agent would take it off its interface; use another address, e.g. %s", o.NodeIP, why, DefaultNodeIP))
 		}
 		if o.NodeInterface == "" || len(o.NodeInterface) > maxInterfaceNameBytes || strings.ContainsAny(o.NodeInterface, "/ \t:") {
 			errs = append(errs, fmt.Errorf("--node-interface %q is not a network interface name (1-15 characters, no '/', ':' or spaces): use e.g. %s", o.NodeInterface, DefaultNodeInterface))
@@ -246,7 +256,7 @@ func (o *Options) Validate() error {
 	}
 	if o.Has(RoleWebhook) {
 		if o.APIServerFQDN == "" {
-			errs = append(errs, fmt.Errorf("the webhook role needs --apiserver-fqdn, the API server name injected into pods as KUBERNETES_SERVICE_HOST; with the node role, e.g. --apiserver-fqdn kubernetes.default.svc --host-alias-ip %s --apiserver-port 443", o.NodeIP))
+			errs = append(errs, errors.New("the webhook role needs --apiserver-fqdn, the API server name injected into pods as KUBERNETES_SERVICE_HOST; with the node role, e.g. --apiserver-fqdn kubernetes.default.svc (pods then reach it at --node-ip through hostAliases)"))
 		} else if !dnsLabelish.MatchString(strings.TrimSuffix(o.APIServerFQDN, ".")) || len(o.APIServerFQDN) > 253 {
 			errs = append(errs, fmt.Errorf("--apiserver-fqdn %q is not a DNS name: use e.g. kubernetes.default.svc or api.example.com.", o.APIServerFQDN))
 		}
@@ -282,6 +292,21 @@ func (o *Options) imageErrors() []error {
 		}
 	}
 	return errs
+}
+
+// reservedNodeIPs are link-local addresses that other node software holds.
+var reservedNodeIPs = map[string]string{
+	"169.254.20.10":   "NodeLocal DNSCache's address",
+	"169.254.169.254": "the cloud metadata address",
+}
+
+// DefaultHostAlias aliases the API server name to the node IP when the node and webhook roles are
+// installed together and --host-alias-ip was not given: the injected KUBERNETES_SERVICE_HOST then
+// resolves, in every pod, to the address this install serves the API server on.
+func (o *Options) DefaultHostAlias() {
+	if !o.HostAliasIPSet && o.HostAliasIP == "" && o.Has(RoleNode) && o.Has(RoleWebhook) {
+		o.HostAliasIP = o.NodeIP
+	}
 }
 
 func validateUpstreamProxy(raw string) error {

@@ -164,7 +164,7 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 			t.Errorf("tolerations = %+v, want tolerate everything", ps.Tolerations)
 		}
 		init := ps.InitContainers[0]
-		if !slices.Contains(init.Args, "--daemon=false") || !slices.Contains(init.Args, "apiproxy0") || !slices.Contains(init.Args, "10.96.0.2") {
+		if !slices.Contains(init.Args, "--daemon=false") || !slices.Contains(init.Args, "apiproxy0") || !slices.Contains(init.Args, DefaultNodeIP) {
 			t.Errorf("init args = %v", init.Args)
 		}
 		sidecar, proxy := ps.Containers[0], ps.Containers[1]
@@ -228,7 +228,7 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 		if rb.RoleRef.Name != "apiproxy-node" || len(rb.Subjects) != 1 || rb.Subjects[0].Name != ps.ServiceAccountName || rb.Subjects[0].Namespace != DefaultNamespace {
 			t.Errorf("node RoleBinding = %+v", rb)
 		}
-		want := []string{"proxy", "--listen", "10.96.0.2:8118", "--listen-tcp", "10.96.0.2:443", "--metrics-addr", "10.96.0.2:9191", "--upstream", "192.168.1.10:6443", "--upstream-proxy", "http://10.81.0.3:8118"}
+		want := []string{"proxy", "--listen", "169.254.20.11:8118", "--listen-tcp", "169.254.20.11:443", "--metrics-addr", "169.254.20.11:9191", "--upstream", "192.168.1.10:6443", "--upstream-proxy", "http://10.81.0.3:8118"}
 		if !slices.Equal(proxy.Args, want) {
 			t.Errorf("forwarder args = %v, want %v", proxy.Args, want)
 		}
@@ -344,6 +344,8 @@ func TestValidateSaysWhatToFix(t *testing.T) {
 	}{
 		{"node ip", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeIP = "not-an-ip" }, "--node-ip"},
 		{"loopback node ip", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeIP = "127.0.0.5" }, "loopback"},
+		{"NodeLocal DNSCache's ip", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeIP = "169.254.20.10" }, "NodeLocal DNSCache"},
+		{"metadata ip", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeIP = "169.254.169.254" }, "cloud metadata"},
 		{"interface", func(o *Options) { o.Roles = []Role{RoleNode}; o.NodeInterface = "way-too-long-interface" }, "--node-interface"},
 		{"proxy port", func(o *Options) { o.ProxyPort = 70000 }, "--proxy-port"},
 		{"webhook without fqdn", func(o *Options) { o.Roles = []Role{RoleWebhook} }, "--apiserver-fqdn"},

@@ -52,9 +52,8 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 		Example: `  # The proxy only, and wait for it
   kubectl apiproxy install --wait
 
-  # Everything; pods reach the API server at 10.96.0.2:443 as kubernetes.default.svc
-  kubectl apiproxy install --roles proxy,node,webhook \
-    --apiserver-fqdn kubernetes.default.svc --host-alias-ip 10.96.0.2 --apiserver-port 443
+  # Everything; pods reach the API server at 169.254.20.11:443 (--node-ip) as kubernetes.default.svc
+  kubectl apiproxy install --roles proxy,node,webhook --apiserver-fqdn kubernetes.default.svc --setup-iptables --wait
 
   # From a private mirror (kubectl apiproxy images lists what to copy there)
   kubectl apiproxy install --registry mirror.example:5000/team --image-pull-secret mirror-pull
@@ -76,14 +75,15 @@ func newInstallCommand(configFlags *genericclioptions.ConfigFlags, streams gener
 	addImageFlags(f, &o.roles, &o.Options)
 	f.StringSliceVar(&o.ImagePullSecrets, "image-pull-secret", nil, "A Secret in the install namespace holding credentials for the agent image's registry, put into every pod's imagePullSecrets (repeatable, or comma separated); an install without the flag removes them again")
 	f.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port of the CONNECT proxy (container, Service, and the node forwarder's CONNECT listener)")
-	f.StringVar(&o.NodeIP, "node-ip", o.NodeIP, "node role: the IP every node serves the API server on (port 443)")
+	f.StringVar(&o.NodeIP, "node-ip", o.NodeIP, "node role: the IP every node serves the API server on (port 443); link-local by default, so no Service or pod can have it. Refused inside the cluster's service or pod CIDRs (see --allow-node-ip-overlap). Without this flag an upgrade keeps the address of the installed DaemonSet")
+	f.BoolVar(&o.AllowNodeIPOverlap, "allow-node-ip-overlap", false, "node role: accept a --node-ip inside the cluster's service or pod CIDRs (reserved there on purpose), with a warning instead of an error")
 	f.StringVar(&o.NodeInterface, "node-interface", o.NodeInterface, "node role: the interface holding --node-ip; a dedicated dummy device is created when missing (avoid lo: Cilium ignores host-scoped addresses there)")
 	f.BoolVar(&o.SetupIPTables, "setup-iptables", false, "node role: also install NOTRACK/ACCEPT rules for --node-ip:443 (iptables and ip6tables)")
 	f.StringVar(&o.Upstream, "upstream", "", "proxy and node roles: the API server HOST:PORT to forward to (default: the in-cluster kubernetes Service, from KUBERNETES_SERVICE_HOST/PORT); set it so the node role does not depend on kube-proxy")
 	f.StringVar(&o.UpstreamProxy, "upstream-proxy", "", "node role: send the forwarder's traffic through this CONNECT proxy, http://HOST:PORT (a peer cluster's proxy through the fabric)")
 	f.StringVar(&o.APIServerFQDN, "apiserver-fqdn", "", "webhook role: the API server name injected as KUBERNETES_SERVICE_HOST (required with the webhook role)")
 	f.IntVar(&o.APIServerPort, "apiserver-port", 0, "webhook role: also inject KUBERNETES_SERVICE_PORT and KUBERNETES_PORT* with this port (0: leave them)")
-	f.StringVar(&o.HostAliasIP, "host-alias-ip", "", "webhook role: add hostAliases mapping --apiserver-fqdn to this IP (e.g. the --node-ip)")
+	f.StringVar(&o.HostAliasIP, "host-alias-ip", "", "webhook role: add hostAliases mapping --apiserver-fqdn to this IP (default with the node role: --node-ip; \"\" for none)")
 	f.BoolVar(&o.Relay, "relay", false, "proxy role: let the proxy relay CONNECTs to the Liqo peers' proxies (for connect --via): their remapped external CIDRs on --proxy-port become --allow-target entries, read from this cluster's Configurations on every install")
 	f.StringVar((*string)(&o.NetworkPolicy), "network-policy", string(o.NetworkPolicy), "proxy role: render a NetworkPolicy for the proxy pods: the proxy port open to the Liqo peers' remapped pod and external CIDRs (this cluster's Configurations), --allow-source and this namespace; auto renders it when Liqo Configurations exist, true always, false never. Re-run install after a new peering")
 	f.StringSliceVar(&o.AllowSources, "allow-source", nil, "proxy role: a CIDR that may reach the proxy port besides the Liqo peers (repeatable); also rendered as the proxy's --allow-source")
@@ -107,6 +107,8 @@ func (o *InstallOptions) Complete(cmd *cobra.Command) error {
 		return err
 	}
 	o.CreateIP = install.CreateIP(o.createIP)
+	o.NodeIPSet = cmd.Flags().Changed("node-ip")
+	o.HostAliasIPSet = cmd.Flags().Changed("host-alias-ip")
 	o.dryRun, err = install.ParseDryRun(o.dryRunFlag)
 	return err
 }
