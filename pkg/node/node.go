@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,8 @@ import (
 // Rules is what the syncer needs from the iptables layer (*rules.Manager).
 type Rules interface {
 	Ensure() (added int, err error)
+	// Missing lists the rules not in place now, without changing anything.
+	Missing() ([]string, error)
 	Delete() error
 }
 
@@ -49,6 +52,8 @@ type Syncer struct {
 	mu      sync.Mutex // serialises Sync and Cleanup
 	lastErr error
 	synced  bool
+	// repair asks Run for a sync now (a readiness check found something missing).
+	repair chan struct{}
 }
 
 // New returns a syncer. Metrics go to reg when it is not nil.
@@ -68,7 +73,7 @@ func New(cfg Config, link netif.Interface, reg prometheus.Registerer) (*Syncer, 
 			return nil, err
 		}
 	}
-	return &Syncer{cfg: cfg, link: link, metrics: m}, nil
+	return &Syncer{cfg: cfg, link: link, metrics: m, repair: make(chan struct{}, 1)}, nil
 }
 
 // Sync makes one pass: link, address, stray copies of the address, rules. It returns the first
@@ -134,7 +139,7 @@ func (s *Syncer) sync(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Ready is the readiness check: nil after a successful sync.
+// Ready is the readiness check of the last sync: nil when it succeeded.
 func (s *Syncer) Ready() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -142,6 +147,55 @@ func (s *Syncer) Ready() error {
 		return errors.New("not synced yet")
 	}
 	return s.lastErr
+}
+
+// AddressReady asks the kernel now whether the address is on the interface, and on no other (where
+// it would attract the traffic). Readiness must reflect the node as it is, not the last sync: an
+// address removed by someone else is reported until the repair. A gap asks Run for a sync.
+func (s *Syncer) AddressReady() error {
+	links, err := s.link.LinksWithAddress(s.cfg.IP)
+	if err != nil {
+		return err
+	}
+	var others []string
+	on := false
+	for _, l := range links {
+		if l == s.cfg.Interface {
+			on = true
+		} else {
+			others = append(others, l)
+		}
+	}
+	switch {
+	case !on:
+		s.requestRepair()
+		return fmt.Errorf("%s is not on %s", hostCIDR(s.cfg.IP), s.cfg.Interface)
+	case len(others) > 0:
+		s.requestRepair()
+		return fmt.Errorf("%s is also on %v", s.cfg.IP, others)
+	}
+	return nil
+}
+
+// RulesReady checks now that every iptables rule is in place (nil without rules). A missing rule
+// (iptables changes raise no kernel event here) asks Run for a sync.
+func (s *Syncer) RulesReady() error {
+	if s.cfg.Rules == nil {
+		return nil
+	}
+	missing, err := s.cfg.Rules.Missing()
+	if len(missing) > 0 {
+		s.requestRepair()
+		err = errors.Join(fmt.Errorf("%d rule(s) missing: %s", len(missing), strings.Join(missing, "; ")), err)
+	}
+	return err
+}
+
+func (s *Syncer) requestRepair() {
+	select {
+	case s.repair <- struct{}{}:
+	default:
+	}
 }
 
 // Run syncs now, then every interval and whenever the kernel reports a change to the address or
@@ -184,6 +238,8 @@ func (s *Syncer) Run(ctx context.Context, interval time.Duration) error {
 		case <-debounce:
 			debounce = nil
 			s.syncAndLog(ctx, "kernel event")
+		case <-s.repair:
+			s.syncAndLog(ctx, "readiness check")
 		}
 	}
 }

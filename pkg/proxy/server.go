@@ -92,6 +92,9 @@ type Server struct {
 	pmu     sync.Mutex
 	pending list.List // of *pendingConn, oldest first
 
+	// upstream is what readiness knows about dialing the upstream (upstream.go).
+	upstream upstreamHealth
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]io.Closer // what Shutdown closes: the conn, then its tunnel
@@ -722,6 +725,9 @@ func (s *Server) dial(target string) (net.Conn, int, error) {
 	defer cancel()
 	start := time.Now()
 	c, err := s.dialer.DialContext(ctx, "tcp", target)
+	if target == s.cfg.Upstream {
+		s.upstream.record(err, time.Now())
+	}
 	if err != nil {
 		s.m.dialTime.WithLabelValues("error").Observe(time.Since(start).Seconds())
 		return nil, dialStatus(err), err

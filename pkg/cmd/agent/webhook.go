@@ -144,7 +144,7 @@ func (o *webhookOptions) run(ctx context.Context) error {
 		CertDir: o.certDir, CertName: o.certName, KeyName: o.keyName, ClientCAName: o.clientCAName,
 	}, h)
 	started := srv.StartedChecker()
-	hs.SetReadiness(func() error { return started(&http.Request{}) })
+	hs.AddReadyCheck("webhook-server", func() error { return started(&http.Request{}) })
 	if err := hs.Listen(o.metricsAddr); err != nil {
 		return fmt.Errorf("--metrics-addr %s: %w", o.metricsAddr, err)
 	}

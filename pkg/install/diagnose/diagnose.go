@@ -115,9 +115,46 @@ func Pod(pod *corev1.Pod, events []corev1.Event, now time.Time) []Problem {
 	for _, cs := range pod.Status.ContainerStatuses {
 		if p, ok := container(pod, cs, false, evs); ok {
 			out = append(out, p)
+		} else if p, ok := notReady(pod, cs, events); ok {
+			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// ReasonNotReady is the reason of a container that runs but whose readiness probe fails.
+const ReasonNotReady = "NotReady"
+
+// notReady explains a running container that is not ready by its readiness probe's last failure
+// since it started: the kubelet's event carries an exec probe's output, and the agents' probe
+// (`agent probe`, /readyz?verbose) names the failing check ("[-]upstream failed: ..."). Not fatal:
+// the check may pass (an upstream back, an address repaired). Without such an event (a container
+// that has just started) there is nothing to say yet.
+func notReady(pod *corev1.Pod, cs corev1.ContainerStatus, events []corev1.Event) (Problem, bool) {
+	if cs.Ready || cs.State.Running == nil {
+		return Problem{}, false
+	}
+	const prefix = "Readiness probe failed:"
+	fieldPath := "spec.containers{" + cs.Name + "}"
+	var last *corev1.Event
+	for i, e := range events {
+		if e.InvolvedObject.UID != pod.UID || e.InvolvedObject.FieldPath != fieldPath || !strings.HasPrefix(e.Message, prefix) ||
+			lastSeen(e).Before(cs.State.Running.StartedAt.Time) {
+			continue
+		}
+		if last == nil || !lastSeen(e).Before(lastSeen(*last)) {
+			last = &events[i]
+		}
+	}
+	if last == nil {
+		return Problem{}, false
+	}
+	msg := failedChecks(strings.TrimPrefix(last.Message, prefix))
+	if n := count(*last); n > 1 {
+		msg += fmt.Sprintf(" (x%d)", n)
+	}
+	return Problem{Pod: pod.Name, Container: cs.Name, Reason: ReasonNotReady, Message: msg,
+		Hint: fmt.Sprintf("the container runs, but its readiness check fails as the message says; see its log: kubectl -n %s logs %s -c %s", pod.Namespace, pod.Name, cs.Name)}, true
 }
 
 func container(pod *corev1.Pod, cs corev1.ContainerStatus, init bool, evs []string) (Problem, bool) {
@@ -295,4 +332,24 @@ func Controller(kind, name string, events []corev1.Event, since time.Time) []Pro
 		})
 	}
 	return out
+}
+
+// failedChecks keeps, of a /readyz?verbose answer, the failed checks ("[-]upstream failed: ..."),
+// on one line; any other output is kept whole.
+func failedChecks(out string) string {
+	var failed, all []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case l == "":
+		case strings.HasPrefix(l, "[-]"):
+			failed = append(failed, strings.TrimPrefix(l, "[-]"))
+		default:
+			all = append(all, l)
+		}
+	}
+	if len(failed) > 0 {
+		return strings.Join(failed, "; ")
+	}
+	return strings.Join(all, "; ")
 }

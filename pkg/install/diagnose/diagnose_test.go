@@ -207,3 +207,35 @@ func TestRolloutUsesKubectlsViewer(t *testing.T) {
 		}
 	}
 }
+
+// A container that runs but is not ready is explained by its last readiness probe failure since it
+// started: the failed checks of the agent's /readyz?verbose, which the exec probe printed.
+func TestNotReadyNamesTheFailingCheck(t *testing.T) {
+	started := now.Add(-time.Minute)
+	running := corev1.ContainerStatus{Name: "node", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(started)}}}
+	probe := func(msg string, at time.Time) corev1.Event {
+		e := warning("uid-1", "Unhealthy", msg, 3, at)
+		e.InvolvedObject.FieldPath = "spec.containers{node}"
+		return e
+	}
+	events := []corev1.Event{
+		probe("Readiness probe failed: [-]address failed: 169.254.20.11/32 is not on apiproxy0\nreadyz check failed\n", started.Add(-time.Hour)), // an earlier run
+		probe("Readiness probe failed: [+]sync ok\n[+]address ok\n[-]rules failed: 1 rule(s) missing: -t raw -A OUTPUT ...\nreadyz check failed\nerror: /readyz: not ok\n", now.Add(-5*time.Second)),
+		probe("Liveness probe failed: no answer", now),
+	}
+	got := Pod(pod(nil, []corev1.ContainerStatus{running}), events, now)
+	if len(got) != 1 {
+		t.Fatalf("problems %+v, want 1", got)
+	}
+	p := got[0]
+	if p.Reason != ReasonNotReady || p.Fatal || p.Container != "node" || p.Message != "rules failed: 1 rule(s) missing: -t raw -A OUTPUT ... (x3)" {
+		t.Errorf("problem %+v", p)
+	}
+	if s := p.Summary(); s != "pod apiproxy-node-abcde container node: NotReady: rules failed: 1 rule(s) missing: -t raw -A OUTPUT ... (x3)" {
+		t.Errorf("summary %q", s)
+	}
+	// No failure since the container started (it has just started, or only an older run failed).
+	if got := Pod(pod(nil, []corev1.ContainerStatus{running}), events[:1], now); len(got) != 0 {
+		t.Errorf("problems %+v from an earlier run's probe, want none", got)
+	}
+}

@@ -136,6 +136,23 @@ func (m *Manager) Ensure() (added int, err error) {
 	return added, errors.Join(errs...)
 }
 
+// Missing lists the rules that are not in place now (readiness; nothing is changed).
+func (m *Manager) Missing() ([]string, error) {
+	var missing []string
+	var errs []error
+	for _, r := range m.rules {
+		ok, err := m.table.Exists(r.Table, r.Chain, r.Spec...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("check %s: %w", r, explain(err)))
+			continue
+		}
+		if !ok {
+			missing = append(missing, r.String())
+		}
+	}
+	return missing, errors.Join(errs...)
+}
+
 // Delete removes every rule; absent rules are fine.
 func (m *Manager) Delete() error {
 	var errs []error
