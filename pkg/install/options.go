@@ -48,7 +48,7 @@ const (
 	metricsPort           = 9090
 	webhookPort           = 9443
 	nodeMetricsPort       = 9190
-	nodeProxyMetricsPort  = 9191
+	nodeProxyMetricsPort  = 9191 // the first forwarder's; the second one's is the next port
 	webhookCertDir        = "/etc/apiproxy/webhook-tls"
 	caSecretName          = "apiproxy-webhook-ca"
 	tlsSecretName         = "apiproxy-webhook-tls"
@@ -232,8 +232,8 @@ func (o *Options) Validate() error {
 		if o.NodeInterface == "" || len(o.NodeInterface) > maxInterfaceNameBytes || strings.ContainsAny(o.NodeInterface, "/ \t:") {
 			errs = append(errs, fmt.Errorf("--node-interface %q is not a network interface name (1-15 characters, no '/', ':' or spaces): use e.g. %s", o.NodeInterface, DefaultNodeInterface))
 		}
-		if o.NodeIP != "" && slices.Contains([]int{nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort}, o.ProxyPort) {
-			errs = append(errs, fmt.Errorf("--proxy-port %d collides with a port the node role uses on %s (%d, %d, %d): pick another", o.ProxyPort, o.NodeIP, nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort))
+		if o.NodeIP != "" && slices.Contains([]int{nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort, nodeProxyMetricsPort + 1}, o.ProxyPort) {
+			errs = append(errs, fmt.Errorf("--proxy-port %d collides with a port the node role uses on %s (%d, %d, %d, %d): pick another", o.ProxyPort, o.NodeIP, nodeForwardPort, nodeMetricsPort, nodeProxyMetricsPort, nodeProxyMetricsPort+1))
 		}
 	}
 	if o.Upstream != "" {

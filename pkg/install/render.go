@@ -66,9 +66,13 @@ func RoleSelector(namespace string, role Role) string {
 type values struct {
 	Namespace, PodSecurity, Image, NodeIP            string
 	ProxyPort, MetricsPort, WebhookPort              int
-	NodeMetricsPort, NodeProxyMetricsPort            int
+	NodeMetricsPort                                  int
 	SetupIPTables                                    bool
-	ProxyArgs, NodeInitArgs, NodeArgs, NodeProxyArgs []string
+	ProxyArgs, NodeInitArgs, NodeArgs                []string
+	NodeForwarders                                   []nodeForwarder
+	ProxyContainers                                  []proxyContainer
+	NodeProbes                                       map[string]probes
+	HandoffHostPath, HandoffMount, HealthMount       string
 	WebhookArgs                                      []string
 	UpstreamHost, UpstreamPort                       string
 	NodeSecurityContext                              map[string]any
@@ -95,29 +99,33 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 		return nil, err
 	}
 	v := values{
-		Namespace:            o.Namespace,
-		PodSecurity:          "restricted",
-		Image:                image,
-		NodeIP:               o.NodeIP,
-		ProxyPort:            o.ProxyPort,
-		MetricsPort:          metricsPort,
-		WebhookPort:          webhookPort,
-		NodeMetricsPort:      nodeMetricsPort,
-		NodeProxyMetricsPort: nodeProxyMetricsPort,
-		SetupIPTables:        o.SetupIPTables,
-		ProxyArgs:            ProxyArgs(o),
-		NodeInitArgs:         NodeArgs(o, true),
-		NodeArgs:             NodeArgs(o, false),
-		NodeProxyArgs:        NodeProxyArgs(o),
-		WebhookArgs:          WebhookArgs(o),
-		NodeSecurityContext:  nodeSecurityContext(o.SetupIPTables),
-		WebhookCertDir:       webhookCertDir,
-		CASecretName:         caSecretName,
-		TLSSecretName:        tlsSecretName,
-		WebhookConfigName:    WebhookConfigName(o.Namespace),
-		LiqoNamespace:        o.LiqoNamespace,
-		ProxyClusterIP:       in.ProxyClusterIP,
-		IPName:               in.IPName,
+		Namespace:           o.Namespace,
+		PodSecurity:         "restricted",
+		Image:               image,
+		NodeIP:              o.NodeIP,
+		ProxyPort:           o.ProxyPort,
+		MetricsPort:         metricsPort,
+		WebhookPort:         webhookPort,
+		NodeMetricsPort:     nodeMetricsPort,
+		SetupIPTables:       o.SetupIPTables,
+		ProxyArgs:           ProxyArgs(o),
+		ProxyContainers:     proxyContainers(o),
+		NodeInitArgs:        NodeArgs(o, true),
+		NodeArgs:            NodeArgs(o, false),
+		NodeForwarders:      NodeForwarders(o),
+		NodeProbes:          map[string]probes{"node": execProbes(healthSocket("node"))},
+		HandoffHostPath:     HandoffHostPath(o.Namespace),
+		HandoffMount:        handoffMount,
+		HealthMount:         healthMount,
+		WebhookArgs:         WebhookArgs(o),
+		NodeSecurityContext: nodeSecurityContext(o.SetupIPTables),
+		WebhookCertDir:      webhookCertDir,
+		CASecretName:        caSecretName,
+		TLSSecretName:       tlsSecretName,
+		WebhookConfigName:   WebhookConfigName(o.Namespace),
+		LiqoNamespace:       o.LiqoNamespace,
+		ProxyClusterIP:      in.ProxyClusterIP,
+		IPName:              in.IPName,
 	}
 	if v.IPName == "" {
 		v.IPName = IPResourceName
@@ -263,11 +271,39 @@ func VersionLabel(v string) string {
 // it fits the Deployment's terminationGracePeriodSeconds (40).
 const proxyShutdownDelay = "5s"
 
-// ProxyArgs are the proxy Deployment's agent arguments.
+type proxyContainer struct {
+	Name, MetricsPortName string
+	MetricsPort           int
+	Args, ReadyProbe      []string
+}
+
+// proxyContainers are the proxy pod's two agents ("proxy" and "proxy-2"), sharing the proxy port
+// through --handoff-dir; each has its own metrics port (9090, then 9092).
+func proxyContainers(o Options) []proxyContainer {
+	var out []proxyContainer
+	for i, name := range []string{"proxy", "proxy-2"} {
+		port, portName := metricsPort+2*i, "metrics"
+		if i > 0 {
+			portName += "-" + strconv.Itoa(i+1)
+		}
+		args := ProxyArgs(o)
+		if i > 0 {
+			args[slices.Index(args, "--metrics-addr")+1] = ":" + strconv.Itoa(port)
+		}
+		out = append(out, proxyContainer{Name: name, MetricsPortName: portName, MetricsPort: port,
+			Args:       append(args, "--handoff-dir", handoffMount),
+			ReadyProbe: []string{agentBinary, "probe", "--addr", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), "--path", "/readyz?verbose"}})
+	}
+	return out
+}
+
+// ProxyArgs are the proxy Deployment's agent arguments (of its first container).
 func ProxyArgs(o Options) []string {
 	args := []string{"proxy", "--listen", ":" + strconv.Itoa(o.ProxyPort), "--metrics-addr", ":" + strconv.Itoa(metricsPort),
 		// Behind a Service: stay reachable while kube-proxy learns that the pod is terminating.
-		"--shutdown-delay", proxyShutdownDelay}
+		"--shutdown-delay", proxyShutdownDelay,
+		// Out of the Service while it cannot reach the API server (bounded: one failed dial is not enough).
+		"--readiness-dial-upstream"}
 	if o.Upstream != "" {
 		args = append(args, "--upstream", o.Upstream)
 	}
@@ -283,6 +319,32 @@ func ProxyArgs(o Options) []string {
 	return args
 }
 
+// The node role's pods share their listening sockets through a directory of the node (the old and
+// the new pod of a surge rollout overlap there) and answer their exec probes on Unix sockets of their
+// own, since every TCP port of a hostNetwork pod is the node's.
+const (
+	// agentBinary is the image's entrypoint (internal/imagebuild), which the exec probes run.
+	agentBinary     = "/usr/local/bin/agent"
+	handoffHostRoot = "/run/apiproxy"
+	handoffMount    = "/run/apiproxy/handoff"
+	healthMount     = "/run/apiproxy/health"
+)
+
+// HandoffHostPath is the node directory where the node role of an install hands its listening
+// sockets over (on /run, a tmpfs: nothing survives a reboot).
+func HandoffHostPath(namespace string) string { return handoffHostRoot + "/" + namespace }
+
+func healthSocket(container string) string { return healthMount + "/" + container + ".sock" }
+
+type probes struct{ Live, Ready []string }
+
+// execProbes ask the container's own agent through its --health-socket; the readiness probe prints
+// every check, so the kubelet's event names the one that fails.
+func execProbes(socket string) probes {
+	probe := func(path string) []string { return []string{agentBinary, "probe", "--socket", socket, "--path", path} }
+	return probes{Live: probe("/healthz"), Ready: probe("/readyz?verbose")}
+}
+
 // NodeArgs are the node role's `agent node` arguments: the one-shot init container's or the sidecar's.
 func NodeArgs(o Options, initContainer bool) []string {
 	args := []string{"node", "--ip-address", o.NodeIP, "--interface", o.NodeInterface, "--port", strconv.Itoa(nodeForwardPort)}
@@ -294,16 +356,37 @@ func NodeArgs(o Options, initContainer bool) []string {
 	}
 	// The address survives rolling updates and restarts, and goes with uninstall (deploy/node.yaml).
 	return append(args, "--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeMetricsPort)),
-		"--cleanup-when-owner-deleted", o.Namespace+"/"+nodeDaemonSetName)
+		"--cleanup-when-owner-deleted", o.Namespace+"/"+nodeDaemonSetName,
+		"--health-socket", healthSocket("node"), "--handoff-dir", handoffMount)
 }
 
-// NodeProxyArgs are the node role's forwarder arguments: everything binds the node IP only, so
-// nothing listens on the host's real interfaces.
-func NodeProxyArgs(o Options) []string {
+type nodeForwarder struct {
+	Name        string
+	Args        []string
+	MetricsPort int
+	Probes      probes
+}
+
+// NodeForwarders are the node role's two forwarders ("proxy" and "proxy-2"): the same listeners,
+// shared through --handoff-dir, so one of them always accepts while the other restarts; each has its
+// own metrics port and health socket.
+func NodeForwarders(o Options) []nodeForwarder {
+	var out []nodeForwarder
+	for i, name := range []string{"proxy", "proxy-2"} {
+		port := nodeProxyMetricsPort + i
+		out = append(out, nodeForwarder{Name: name, Args: nodeProxyArgs(o, port, healthSocket(name)), MetricsPort: port, Probes: execProbes(healthSocket(name))})
+	}
+	return out
+}
+
+// nodeProxyArgs are a node forwarder's arguments: everything binds the node IP only, so nothing
+// listens on the host's real interfaces. Ready only after a dial to the upstream worked.
+func nodeProxyArgs(o Options, metricsPort int, socket string) []string {
 	args := []string{"proxy",
 		"--listen", net.JoinHostPort(o.NodeIP, strconv.Itoa(o.ProxyPort)),
 		"--listen-tcp", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeForwardPort)),
-		"--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeProxyMetricsPort)),
+		"--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(metricsPort)),
+		"--health-socket", socket, "--handoff-dir", handoffMount, "--readiness-dial-upstream",
 	}
 	if o.Upstream != "" {
 		args = append(args, "--upstream", o.Upstream)

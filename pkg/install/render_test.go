@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"reflect"
 	"slices"
@@ -117,14 +118,29 @@ func TestRenderProxyDeploymentIsHardened(t *testing.T) {
 	if c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem {
 		t.Error("the proxy needs a read-only root filesystem")
 	}
-	if c.LivenessProbe == nil || c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+	if c.LivenessProbe == nil || c.ReadinessProbe == nil || c.ReadinessProbe.Exec == nil ||
+		!slices.Equal(c.ReadinessProbe.Exec.Command, []string{agentBinary, "probe", "--addr", "127.0.0.1:9090", "--path", "/readyz?verbose"}) {
 		t.Errorf("probes: %+v %+v", c.LivenessProbe, c.ReadinessProbe)
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("resources: %+v", c.Resources)
 	}
-	if !slices.Equal(c.Args, []string{"proxy", "--listen", ":3128", "--metrics-addr", ":9090", "--shutdown-delay", "5s"}) {
+	if !slices.Equal(c.Args, []string{"proxy", "--listen", ":3128", "--metrics-addr", ":9090", "--shutdown-delay", "5s", "--readiness-dial-upstream", "--handoff-dir", handoffMount}) {
 		t.Errorf("args = %v", c.Args)
+	}
+	// A second proxy process shares the proxy port (through the pod's emptyDir), with its own metrics.
+	if len(ps.Containers) != 2 {
+		t.Fatalf("%d containers, want proxy and proxy-2", len(ps.Containers))
+	}
+	c2 := ps.Containers[1]
+	if c2.Name != "proxy-2" || !slices.Equal(c2.Args, []string{"proxy", "--listen", ":3128", "--metrics-addr", ":9092", "--shutdown-delay", "5s", "--readiness-dial-upstream", "--handoff-dir", handoffMount}) {
+		t.Errorf("second container %s args = %v", c2.Name, c2.Args)
+	}
+	if len(c2.Ports) != 1 || c2.Ports[0].ContainerPort != 9092 || c2.ReadinessProbe.Exec.Command[3] != "127.0.0.1:9092" {
+		t.Errorf("second container ports %+v, readiness %+v", c2.Ports, c2.ReadinessProbe)
+	}
+	if len(ps.Volumes) != 1 || ps.Volumes[0].EmptyDir == nil || ps.Volumes[0].Name != "handoff" {
+		t.Errorf("volumes = %+v, want the handoff emptyDir", ps.Volumes)
 	}
 	if c.Image != DefaultImage() {
 		t.Errorf("image = %s, want %s", c.Image, DefaultImage())
@@ -167,7 +183,39 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 		if !slices.Contains(init.Args, "--daemon=false") || !slices.Contains(init.Args, "apiproxy0") || !slices.Contains(init.Args, DefaultNodeIP) {
 			t.Errorf("init args = %v", init.Args)
 		}
-		sidecar, proxy := ps.Containers[0], ps.Containers[1]
+		// Surge: the new pod takes the sockets over before the old one stops; so no host ports.
+		if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru == nil || ru.MaxSurge.IntValue() != 1 || ru.MaxUnavailable.IntValue() != 0 {
+			t.Errorf("updateStrategy %+v, want maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+		}
+		if len(ps.Containers) != 3 {
+			t.Fatalf("%d containers, want node, proxy and proxy-2", len(ps.Containers))
+		}
+		sidecar, proxy, proxy2 := ps.Containers[0], ps.Containers[1], ps.Containers[2]
+		for _, c := range ps.Containers {
+			if len(c.Ports) > 0 {
+				t.Errorf("%s declares ports %+v: host ports in a hostNetwork pod keep the surge pod off the node", c.Name, c.Ports)
+			}
+			socket := healthMount + "/" + c.Name + ".sock"
+			want := []string{agentBinary, "probe", "--socket", socket, "--path", "/readyz?verbose"}
+			if c.ReadinessProbe == nil || c.ReadinessProbe.Exec == nil || !slices.Equal(c.ReadinessProbe.Exec.Command, want) {
+				t.Errorf("%s readiness probe %+v, want exec %v", c.Name, c.ReadinessProbe, want)
+			}
+			if i := slices.Index(c.Args, "--health-socket"); i < 0 || c.Args[i+1] != socket {
+				t.Errorf("%s args %v lack --health-socket %s", c.Name, c.Args, socket)
+			}
+			if i := slices.Index(c.Args, "--handoff-dir"); i < 0 || c.Args[i+1] != handoffMount {
+				t.Errorf("%s args %v lack --handoff-dir %s", c.Name, c.Args, handoffMount)
+			}
+		}
+		var handoffVol *corev1.Volume
+		for i := range ps.Volumes {
+			if ps.Volumes[i].Name == "handoff" {
+				handoffVol = &ps.Volumes[i]
+			}
+		}
+		if handoffVol == nil || handoffVol.HostPath == nil || handoffVol.HostPath.Path != "/run/apiproxy/"+DefaultNamespace {
+			t.Errorf("handoff volume %+v, want hostPath /run/apiproxy/%s", handoffVol, DefaultNamespace)
+		}
 		if slices.Contains(sidecar.Args, "--daemon=false") || sidecar.Args[0] != "node" {
 			t.Errorf("sidecar args = %v", sidecar.Args)
 		}
@@ -189,7 +237,7 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 			t.Error("the pod must not automount a token into every container")
 		}
 		const tokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
-		for _, c := range []corev1.Container{init, sidecar, proxy} {
+		for _, c := range []corev1.Container{init, sidecar, proxy, proxy2} {
 			has := slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == tokenDir && m.ReadOnly })
 			if has != (c.Name == "node") {
 				t.Errorf("%s: token mounted = %v, want it in the node container only", c.Name, has)
@@ -228,12 +276,16 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 		if rb.RoleRef.Name != "apiproxy-node" || len(rb.Subjects) != 1 || rb.Subjects[0].Name != ps.ServiceAccountName || rb.Subjects[0].Namespace != DefaultNamespace {
 			t.Errorf("node RoleBinding = %+v", rb)
 		}
-		want := []string{"proxy", "--listen", "169.254.20.11:8118", "--listen-tcp", "169.254.20.11:443", "--metrics-addr", "169.254.20.11:9191", "--upstream", "192.168.1.10:6443", "--upstream-proxy", "http://10.81.0.3:8118"}
-		if !slices.Equal(proxy.Args, want) {
-			t.Errorf("forwarder args = %v, want %v", proxy.Args, want)
-		}
-		if slices.Contains(proxy.SecurityContext.Capabilities.Add, "NET_ADMIN") {
-			t.Error("the forwarder must not get NET_ADMIN")
+		for i, c := range []corev1.Container{proxy, proxy2} {
+			want := []string{"proxy", "--listen", "169.254.20.11:8118", "--listen-tcp", "169.254.20.11:443", "--metrics-addr", fmt.Sprintf("169.254.20.11:%d", 9191+i),
+				"--health-socket", healthMount + "/" + c.Name + ".sock", "--handoff-dir", handoffMount, "--readiness-dial-upstream",
+				"--upstream", "192.168.1.10:6443", "--upstream-proxy", "http://10.81.0.3:8118"}
+			if !slices.Equal(c.Args, want) {
+				t.Errorf("forwarder %s args = %v, want %v", c.Name, c.Args, want)
+			}
+			if slices.Contains(c.SecurityContext.Capabilities.Add, "NET_ADMIN") {
+				t.Errorf("the forwarder %s must not get NET_ADMIN", c.Name)
+			}
 		}
 		var ns corev1.Namespace
 		find(t, objs, "Namespace", DefaultNamespace, &ns)
@@ -313,26 +365,40 @@ func TestRenderedArgsParseWithTheAgentCommands(t *testing.T) {
 	o.SetupIPTables = true
 	o.UpstreamProxy = "http://10.81.0.3:8118"
 	o.Upstream = "[fd00::1]:6443"
-	var checked int
+	var checked, probes int
+	parse := func(args []string) {
+		t.Helper()
+		root := agent.NewRootCommand(io.Discard, io.Discard)
+		cmd, rest, err := root.Find(args)
+		if err != nil || cmd == root {
+			t.Fatalf("agent has no role for %v: %v", args, err)
+		}
+		if err := cmd.ParseFlags(rest); err != nil {
+			t.Errorf("agent %s rejects %v: %v", cmd.Name(), rest, err)
+		}
+	}
 	for _, obj := range renderAll(t, o) {
 		for _, field := range []string{"initContainers", "containers"} {
 			cs, _, _ := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", field)
 			for _, c := range cs {
 				args, _, _ := unstructured.NestedStringSlice(c.(map[string]any), "args")
-				root := agent.NewRootCommand(io.Discard, io.Discard)
-				cmd, rest, err := root.Find(args)
-				if err != nil || cmd == root {
-					t.Fatalf("agent has no role for %v: %v", args, err)
-				}
-				if err := cmd.ParseFlags(rest); err != nil {
-					t.Errorf("agent %s rejects %v: %v", cmd.Name(), rest, err)
-				}
+				parse(args)
 				checked++
+				// Exec probes run the agent binary of the image with `probe`.
+				for _, probe := range []string{"livenessProbe", "readinessProbe"} {
+					if cmd, found, _ := unstructured.NestedStringSlice(c.(map[string]any), probe, "exec", "command"); found {
+						if cmd[0] != agentBinary {
+							t.Errorf("%s runs %s, want the image's %s", probe, cmd[0], agentBinary)
+						}
+						parse(cmd[1:])
+						probes++
+					}
+				}
 			}
 		}
 	}
-	if checked != 5 {
-		t.Errorf("checked %d containers, want 5 (proxy, node init+sidecar+forwarder, webhook)", checked)
+	if checked != 7 || probes != 8 {
+		t.Errorf("checked %d containers and %d exec probes, want 7 (proxy x2, node init+sidecar+2 forwarders, webhook) and 8", checked, probes)
 	}
 }
 

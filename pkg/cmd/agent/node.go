@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/apiproxy/apiproxy/pkg/handoff"
 	"github.com/apiproxy/apiproxy/pkg/health"
 	"github.com/apiproxy/apiproxy/pkg/node"
 	"github.com/apiproxy/apiproxy/pkg/node/netif"
@@ -42,6 +43,9 @@ type NodeOptions struct {
 	CleanupWhenOwnerDeleted string
 	// Kubeconfig is for the owner check; empty means the pod's service account (in-cluster).
 	Kubeconfig string
+	// HealthSocket also serves the health endpoints on a Unix socket (exec probes); HandoffDir
+	// shares the --metrics-addr listener with the other agents of the node (pkg/handoff).
+	HealthSocket, HandoffDir string
 
 	ip     net.IP
 	owner  *node.Owner
@@ -66,9 +70,9 @@ keeps five rules (raw NOTRACK both ways, filter ACCEPT) for --port. As a daemon 
 On SIGTERM it leaves everything in place (the next agent takes over without a gap), unless --cleanup
 (always remove) or --cleanup-when-owner-deleted NAMESPACE/NAME (remove only when that DaemonSet is
 gone or being deleted, i.e. uninstalled; keep when it exists or the API server cannot answer).`,
-		Example: `  agent node --ip-address 10.96.0.2 --interface apiproxy0 --setup-iptables --cleanup
-  agent node --ip-address 10.96.0.2 --daemon=false    # init container: one sync, then exit
-  agent node --ip-address 10.96.0.2 --interface apiproxy0 --cleanup-when-owner-deleted apiproxy-system/apiproxy-node`,
+		Example: `  agent node --ip-address 169.254.20.11 --interface apiproxy0 --setup-iptables --cleanup
+  agent node --ip-address 169.254.20.11 --daemon=false    # init container: one sync, then exit
+  agent node --ip-address 169.254.20.11 --interface apiproxy0 --cleanup-when-owner-deleted apiproxy-system/apiproxy-node`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.Validate(); err != nil {
@@ -90,16 +94,18 @@ gone or being deleted, i.e. uninstalled; keep when it exists or the API server c
 	f.StringVar(&o.MetricsAddr, "metrics-addr", "", `address for /healthz, /readyz and /metrics, e.g. ":9101" ("" disables)`)
 	f.StringVar(&o.CleanupWhenOwnerDeleted, "cleanup-when-owner-deleted", "", "[optional] NAMESPACE/NAME of the DaemonSet running this agent: on SIGTERM/SIGINT clean up (as --cleanup) only if it is gone or being deleted (uninstall); keep everything while it exists (rolling update, restart) or when the API server cannot say. Needs get on that DaemonSet")
 	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "[optional] kubeconfig for --cleanup-when-owner-deleted (default: the pod's service account)")
+	f.StringVar(&o.HealthSocket, "health-socket", "", "[optional] also serve /healthz, /readyz and /metrics on this Unix socket, for `agent probe` (exec probes: the TCP port of a hostNetwork pod is shared with the next pod during a rolling update)")
+	f.StringVar(&o.HandoffDir, "handoff-dir", "", "[optional] share the --metrics-addr listener with the agents using the same directory, so the next pod of a rolling update takes it over instead of failing to bind")
 	return cmd
 }
 
 // Validate checks the flags before anything on the node is touched.
 func (o *NodeOptions) Validate() error {
 	if o.IPAddress == "" {
-		return errors.New("--ip-address is required, e.g. --ip-address 10.96.0.2")
+		return errors.New("--ip-address is required, e.g. --ip-address 169.254.20.11")
 	}
 	if o.ip = net.ParseIP(o.IPAddress); o.ip == nil {
-		return fmt.Errorf("--ip-address %q is not an IP address; give a single address such as 10.96.0.2 or fd00::2, without a prefix length", o.IPAddress)
+		return fmt.Errorf("--ip-address %q is not an IP address; give a single address such as 169.254.20.11 or fd00::2, without a prefix length", o.IPAddress)
 	}
 	if ip4 := o.ip.To4(); ip4 != nil {
 		o.ip = ip4
@@ -226,9 +232,15 @@ func (o *NodeOptions) Run(ctx context.Context) error {
 	if err := s.Sync(ctx); errors.Is(err, netif.ErrPermission) {
 		return err
 	}
-	hs.SetReadiness(s.Ready)
-	if err := hs.Listen(o.MetricsAddr); err != nil {
-		return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
+	// Ready only when the node is as it should be now: the last sync worked, the address is on the
+	// interface (asked from the kernel) and, when kept, every rule is there.
+	hs.AddReadyCheck("sync", s.Ready)
+	hs.AddReadyCheck("address", s.AddressReady)
+	if cfg.Rules != nil {
+		hs.AddReadyCheck("rules", s.RulesReady)
+	}
+	if err := o.listenHealth(ctx, hs); err != nil {
+		return err
 	}
 	hctx, stopHealth := context.WithCancel(context.Background())
 	defer stopHealth()
@@ -241,4 +253,41 @@ func (o *NodeOptions) Run(ctx context.Context) error {
 		"iptables", o.SetupIPTables, "syncInterval", o.SyncInterval, "metrics", hs.Addr())
 	_ = s.Run(ctx, o.SyncInterval)
 	return o.cleanupOnExit(s)
+}
+
+// listenHealth binds --metrics-addr (taken over from the agents of --handoff-dir when one holds it)
+// and --health-socket.
+func (o *NodeOptions) listenHealth(ctx context.Context, hs *health.Server) error {
+	if o.MetricsAddr != "" {
+		if o.HandoffDir == "" {
+			if err := hs.Listen(o.MetricsAddr); err != nil {
+				return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
+			}
+		} else {
+			octx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			d, err := handoff.Open(octx, o.HandoffDir, "node", klog.Background().WithName("handoff"))
+			if err != nil {
+				return fmt.Errorf("--handoff-dir: %w", err)
+			}
+			l, _, err := d.Listen(octx, o.MetricsAddr, func(ctx context.Context, addr string) (net.Listener, error) {
+				var lc net.ListenConfig
+				return lc.Listen(ctx, "tcp", addr)
+			})
+			if err == nil {
+				err = d.Serve()
+			}
+			if err != nil {
+				d.Close()
+				return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
+			}
+			hs.Use(l)
+			// Offered until the agent stops; the listener itself closes with the health server.
+			go func() { <-ctx.Done(); d.Close() }()
+		}
+	}
+	if err := hs.ListenSocket(o.HealthSocket); err != nil {
+		return fmt.Errorf("--health-socket %s: %w", o.HealthSocket, err)
+	}
+	return nil
 }

@@ -13,12 +13,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/apiproxy/apiproxy/pkg/handoff"
 	"github.com/apiproxy/apiproxy/pkg/health"
 	"github.com/apiproxy/apiproxy/pkg/logbatch"
 	"github.com/apiproxy/apiproxy/pkg/proxy"
@@ -50,6 +52,8 @@ type proxyOptions struct {
 	Auth            string
 	Kubeconfig      string
 	AuditLog        string
+	HealthSocket    string
+	HandoffDir      string
 
 	// getenv reads KUBERNETES_SERVICE_*; tests replace it.
 	getenv  func(string) string
@@ -119,7 +123,9 @@ listeners carry no credentials, so --auth does not apply to them: restrict them 
 	f.DurationVar(&o.ShutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long open tunnels may still run")
 	f.DurationVar(&o.ShutdownDelay, "shutdown-delay", 0, "on SIGTERM/SIGINT, keep accepting this long with /readyz failing before the listeners close, so kube-proxy and load balancers stop sending new connections first")
 	f.DurationVar(&o.KeepAlive, "tcp-keepalive", 30*time.Second, "TCP keepalive period on both sides of each tunnel (<0 disables)")
-	f.BoolVar(&o.ReadyDial, "readiness-dial-upstream", false, "/readyz also requires that the upstream is dialable")
+	f.BoolVar(&o.ReadyDial, "readiness-dial-upstream", false, "/readyz also requires that a dial to the upstream succeeded within the last 30s (the tunnels' own dials count; when they are idle, one dial every 10s): one slow or failed dial does not make it unready")
+	f.StringVar(&o.HealthSocket, "health-socket", "", "also serve /healthz, /readyz and /metrics on this Unix socket, for `agent probe` (exec probes of hostNetwork pods, whose TCP ports are shared)")
+	f.StringVar(&o.HandoffDir, "handoff-dir", "", "share the listening sockets (listeners and --metrics-addr) with the agents that use the same directory: a starting agent takes over a running one's sockets instead of binding, so restarts, rolling updates and a killed process leave no gap and drop no connection waiting to be accepted")
 	f.IntVar(&o.MaxPendingHeads, "max-pending-heads", 4096, "CONNECT connections waiting for their request head; at the cap the oldest gets 408")
 	f.StringArrayVar(&o.AllowSources, "allow-source", nil, "only accept clients from this CIDR, on every listener (repeatable; default: everyone)")
 	f.StringVar(&o.Auth, "auth", authNone, "CONNECT authentication: none, or tokenreview (Proxy-Authorization token checked by TokenReview + SubjectAccessReview)")
@@ -259,38 +265,60 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 			b.l.Close()
 		}
 	}
+	listen, handoff, err := o.listener(ctx, logger)
+	if err != nil {
+		return err
+	}
+	if handoff != nil {
+		// Stop offering the sockets before closing them (see handoff.Dir.Close).
+		defer handoff.Close()
+	}
 	if o.Listen != "" {
-		l, err := proxy.Listen(ctx, o.Listen, o.KeepAlive)
+		l, err := listen(ctx, o.Listen)
 		if err != nil {
 			return fmt.Errorf("--listen %s: %w", o.Listen, err)
 		}
 		ls = append(ls, bound{l: l})
 	}
 	for _, a := range o.ListenTCP {
-		l, err := proxy.Listen(ctx, a, o.KeepAlive)
+		l, err := listen(ctx, a)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("--listen-tcp %s: %w", a, err)
 		}
 		ls = append(ls, bound{l: l, tcp: true})
 	}
-	if err := hs.Listen(o.MetricsAddr); err != nil {
+	if o.MetricsAddr != "" {
+		l, err := listen(ctx, o.MetricsAddr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
+		}
+		hs.Use(l)
+	}
+	if err := hs.ListenSocket(o.HealthSocket); err != nil {
 		closeAll()
-		return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
+		return fmt.Errorf("--health-socket %s: %w", o.HealthSocket, err)
+	}
+	if handoff != nil {
+		if err := handoff.Serve(); err != nil {
+			closeAll()
+			return fmt.Errorf("--handoff-dir %s: %w", o.HandoffDir, err)
+		}
 	}
 	var stopping atomic.Bool
-	hs.SetReadiness(func() error {
+	hs.AddReadyCheck("listeners", func() error {
 		if stopping.Load() {
 			return errors.New("shutting down")
 		}
-		if err := srv.Ready(); err != nil {
-			return err
-		}
-		if o.ReadyDial {
-			return o.checkUpstream()
-		}
-		return nil
+		return srv.Ready()
 	})
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	if o.ReadyDial {
+		hs.AddReadyCheck("upstream", srv.UpstreamReady)
+		go srv.WatchUpstream(wctx, 0, 0, 0)
+	}
 
 	errc := make(chan error, len(ls)+1)
 	for _, b := range ls {
@@ -331,6 +359,9 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 			}
 		}
 	case serveErr = <-errc:
+	}
+	if handoff != nil {
+		handoff.Close()
 	}
 	logger.Info("draining", "grace", o.ShutdownGrace, "activeTunnels", srv.Active())
 	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
@@ -379,16 +410,27 @@ func (o *proxyOptions) tokenReviewer() (*tokenreview.Authenticator, error) {
 	return tokenreview.New(cs, tokenreview.Options{}), nil
 }
 
-func (o *proxyOptions) checkUpstream() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+// listener returns how this agent binds its TCP addresses: directly, or through --handoff-dir, taking
+// over the sockets of the agents already running there (then the returned Dir must be served once
+// every address is bound, and closed when the agent stops accepting).
+func (o *proxyOptions) listener(ctx context.Context, logger logr.Logger) (func(context.Context, string) (net.Listener, error), *handoff.Dir, error) {
+	bind := func(ctx context.Context, addr string) (net.Listener, error) {
+		return proxy.Listen(ctx, addr, o.KeepAlive)
+	}
+	if o.HandoffDir == "" {
+		return bind, nil, nil
+	}
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	var d tunnel.ContextDialer = &net.Dialer{}
-	if o.UpstreamProxy != "" {
-		d = &tunnel.Dialer{Proxy: o.UpstreamProxy}
-	}
-	c, err := d.DialContext(ctx, "tcp", o.Upstream)
+	d, err := handoff.Open(octx, o.HandoffDir, "proxy", logger.WithName("handoff"))
 	if err != nil {
-		return fmt.Errorf("upstream %s not dialable: %w", o.Upstream, err)
+		return nil, nil, fmt.Errorf("--handoff-dir: %w", err)
 	}
-	return c.Close()
+	return func(ctx context.Context, addr string) (net.Listener, error) {
+		l, src, err := d.Listen(ctx, addr, bind)
+		if err == nil {
+			logger.Info("listener", "addr", addr, "source", string(src))
+		}
+		return l, err
+	}, d, nil
 }
