@@ -31,6 +31,7 @@ const (
 
 type network struct {
 	pod, service, local  *net.IPNet
+	linkLocal            *net.IPNet
 	nodeIP, kubernetesIP net.IP
 	defaultIf            string
 }
@@ -42,7 +43,7 @@ func planNetwork(o Options) (*network, error) {
 	for _, r := range []struct {
 		name, cidr string
 		dst        **net.IPNet
-	}{{"PodCIDR", o.PodCIDR, &nw.pod}, {"ServiceCIDR", o.ServiceCIDR, &nw.service}, {"LocalCIDR", o.LocalCIDR, &nw.local}} {
+	}{{"PodCIDR", o.PodCIDR, &nw.pod}, {"ServiceCIDR", o.ServiceCIDR, &nw.service}, {"LocalCIDR", o.LocalCIDR, &nw.local}, {"LinkLocalCIDR", o.LinkLocalCIDR, &nw.linkLocal}} {
 		ip, n, err := net.ParseCIDR(r.cidr)
 		if err != nil || ip.To4() == nil {
 			return nil, fmt.Errorf("realnode.Options.%s %q: use an IPv4 CIDR such as 10.244.0.0/24", r.name, r.cidr)
@@ -51,7 +52,7 @@ func planNetwork(o Options) (*network, error) {
 	}
 	nw.nodeIP = nextIP(nw.pod.IP)
 	nw.kubernetesIP = nextIP(nw.service.IP)
-	ranges := map[string]*net.IPNet{"PodCIDR": nw.pod, "ServiceCIDR": nw.service, "LocalCIDR": nw.local}
+	ranges := map[string]*net.IPNet{"PodCIDR": nw.pod, "ServiceCIDR": nw.service, "LocalCIDR": nw.local, "LinkLocalCIDR": nw.linkLocal}
 	for a, an := range ranges {
 		for b, bn := range ranges {
 			if a < b && overlaps(an, bn) {
@@ -184,6 +185,7 @@ func setUpNetwork(nw *network) error {
 		chainOutput: {
 			{"-o", out, "-d", nw.pod.String()}, {"-o", out, "-d", nw.service.String()}, {"-o", out, "-d", nw.local.String()},
 			{"-o", out, "-s", nw.pod.String()}, {"-o", out, "-s", nw.local.String()},
+			{"-o", out, "-d", nw.linkLocal.String()}, {"-o", out, "-s", nw.linkLocal.String()},
 		},
 		chainForward: {{"-i", Bridge, "-o", out}, {"-i", out, "-o", Bridge}},
 	}
@@ -296,7 +298,7 @@ func recordNetwork(nw *network) error {
 	if _, err := os.Stat(f); err == nil {
 		return nil
 	}
-	rec := networkRecord{CIDRs: []string{nw.pod.String(), nw.service.String(), nw.local.String()}}
+	rec := networkRecord{CIDRs: []string{nw.pod.String(), nw.service.String(), nw.local.String(), nw.linkLocal.String()}}
 	links, err := netlink.LinkList()
 	if err != nil {
 		return err

@@ -82,6 +82,11 @@ type Options struct {
 	// addresses a test puts on the node itself, such as the node agent's --node-ip (default
 	// 10.97.0.0/24).
 	LocalCIDR string
+	// LinkLocalCIDR holds the link-local addresses the node agent puts on the node by default
+	// (install's --node-ip 169.254.20.11): the node's own, so not routed to the bridge, but dropped
+	// on the way out of the default interface and removed at teardown like LocalCIDR's (default
+	// 169.254.20.8/29, which leaves the cloud metadata address 169.254.169.254 alone).
+	LinkLocalCIDR string
 	// Images are image archives imported into containerd before the cluster starts. Start adds the
 	// pause and app images itself; StartWith needs the pause image among them.
 	Images []string
@@ -99,6 +104,9 @@ func (o *Options) defaults() {
 	}
 	if o.LocalCIDR == "" {
 		o.LocalCIDR = "10.97.0.0/24"
+	}
+	if o.LinkLocalCIDR == "" {
+		o.LinkLocalCIDR = "169.254.20.8/29"
 	}
 }
 

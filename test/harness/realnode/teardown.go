@@ -351,4 +351,10 @@ func removeHardcodedLeftovers() {
 	for _, d := range []string{"/var/lib/cni/results", "/var/lib/cni"} {
 		_ = syscall.Rmdir(d)
 	}
+	// The node role's hostPath where its agents hand their listening sockets over (kubectl-apiproxy
+	// install: /run/apiproxy/<namespace>), created by the kubelet.
+	_ = os.RemoveAll(nodeHandoffRoot)
 }
+
+// nodeHandoffRoot is install's handoff hostPath root (pkg/install.HandoffHostPath).
+const nodeHandoffRoot = "/run/apiproxy"

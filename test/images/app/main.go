@@ -6,6 +6,10 @@
 //	app get URL        GETs the URL and prints "<status> <body>"; exit 1 unless 2xx
 //	app kube-get PATH  GETs PATH from the API server with client-go's in-cluster config and prints
 //	                   "<status> <body>"; exit 1 unless 2xx
+//	app kube-load ADDR [INTERVAL [KUBECONFIG]]
+//	                   GETs /version on a new connection every INTERVAL (default 20ms) and keeps a
+//	                   watch open, in-cluster (or with KUBECONFIG); serves the counts on ADDR/stats
+//	                   (load.go)
 package main
 
 import (
@@ -25,7 +29,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | echo WORDS... | get URL | kube-get PATH")
+		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | echo WORDS... | get URL | kube-get PATH | kube-load ADDR [INTERVAL [KUBECONFIG]]")
 		os.Exit(2)
 	}
 	var err error
@@ -38,6 +42,17 @@ func main() {
 		err = get(http.DefaultClient, arg(2), "")
 	case "kube-get":
 		err = kubeGet(arg(2))
+	case "kube-load":
+		interval, kubeconfig := 20*time.Millisecond, ""
+		if len(os.Args) > 3 {
+			if interval, err = time.ParseDuration(os.Args[3]); err != nil {
+				break
+			}
+		}
+		if len(os.Args) > 4 {
+			kubeconfig = os.Args[4]
+		}
+		err = kubeLoad(arg(2), interval, kubeconfig)
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
