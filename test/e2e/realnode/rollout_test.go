@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -217,7 +219,11 @@ func measure(t *testing.T, name string, clients []*loadClient, disrupt func(t *t
 		}
 		total, failed := after.Requests-before[i].Requests, after.Failed-before[i].Failed
 		inFlight := 0
-		for _, f := range after.Failures[min(len(before[i].Failures), len(after.Failures)):] {
+		detailed := after.Failures[min(len(before[i].Failures), len(after.Failures)):]
+		if n := int(failed) - len(detailed); n > 0 {
+			t.Errorf("%s client: %d more requests failed (the client keeps details of the first %d only)", l.name, n, len(after.Failures))
+		}
+		for _, f := range detailed {
 			// Only a request in flight on the killed process may fail: begun before the kill (the
 			// kernel delivers SIGKILL within a moment: 100 ms of slack) and ended after it.
 			if d.killPath == l && !f.Start.After(d.killed.Add(100*time.Millisecond)) && !f.End.Before(d.killed) {
@@ -361,13 +367,21 @@ func restartCount(p *corev1.Pod, container string) int32 {
 	return -1
 }
 
-// forwarderTunnels sums the node forwarders' tunnel counters (both processes' metrics ports).
+// forwarderTunnels sums the node forwarders' tunnel counters (the metrics ports that answer: both
+// forwarders', or one when a scenario check removed the second).
 func forwarderTunnels(t *testing.T) float64 {
 	t.Helper()
 	var sum float64
+	answered := 0
 	for _, port := range []string{"9191", "9192"} {
-		body := httpGet(t, "http://"+net.JoinHostPort(install.DefaultNodeIP, port)+"/metrics")
-		for _, l := range strings.Split(body, "\n") {
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + net.JoinHostPort(install.DefaultNodeIP, port) + "/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		answered++
+		for _, l := range strings.Split(string(b), "\n") {
 			if strings.HasPrefix(l, "apiproxy_proxy_tunnels_total{") {
 				var v float64
 				f := strings.Fields(l)
@@ -376,6 +390,9 @@ func forwarderTunnels(t *testing.T) float64 {
 				}
 			}
 		}
+	}
+	if answered == 0 {
+		t.Fatalf("no node forwarder metrics on %s:9191 or :9192", install.DefaultNodeIP)
 	}
 	return sum
 }
