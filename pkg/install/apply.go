@@ -129,6 +129,12 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		return nil, err
 	} else if ds != nil {
 		in.NodeRoleInstalled = true
+		if o.Has(RoleNode) && !sharesListeners(&unstructured.Unstructured{Object: ds}) {
+			in.NodeUpdateInPlace = true
+			fmt.Fprintf(log, "the installed node agents (daemonset %s/%s) do not hand their listening sockets over: this update replaces each node's pod in place, "+
+				"so %s:%d refuses connections on a node for a few seconds while its pod restarts; later updates start the new pod first and drop nothing\n",
+				o.Namespace, nodeDaemonSetName, o.NodeIP, nodeForwardPort)
+		}
 	}
 	if o.Has(RoleWebhook) {
 		if in.Certs, err = webhookCerts(ctx, c, o.Namespace, log); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -180,4 +181,19 @@ func keepInstalledNodeIP(ctx context.Context, c *Client, o *Options, log io.Writ
 		installed, o.Namespace, nodeDaemonSetName, DefaultNodeIP)
 	o.NodeIP = installed
 	return true, nil
+}
+
+// sharesListeners says whether the installed node DaemonSet's forwarders hand their listening
+// sockets over (--handoff-dir, since this release): only then can a surge pod start next to them.
+func sharesListeners(ds *unstructured.Unstructured) bool {
+	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	for _, c := range containers {
+		m, _ := c.(map[string]any)
+		if m["name"] != "proxy" {
+			continue
+		}
+		args, _, _ := unstructured.NestedStringSlice(m, "args")
+		return slices.Contains(args, "--handoff-dir")
+	}
+	return false
 }

@@ -51,6 +51,10 @@ type RenderInput struct {
 	// NodeRoleInstalled keeps the namespace's Pod Security level at privileged when the node role
 	// is already installed, even if this run does not select it.
 	NodeRoleInstalled bool
+	// NodeUpdateInPlace renders the node DaemonSet's rolling update without surge (the old pod
+	// stops before the new one starts): for the one upgrade from a release whose agents do not hand
+	// their listening sockets over, which a surge pod could never bind next to (see nodeip.go).
+	NodeUpdateInPlace bool
 }
 
 // Selector returns the label selector of everything installed into a namespace.
@@ -73,6 +77,7 @@ type values struct {
 	ProxyContainers                                  []proxyContainer
 	NodeProbes                                       map[string]probes
 	HandoffHostPath, HandoffMount, HealthMount       string
+	NodeSurge                                        bool
 	WebhookArgs                                      []string
 	UpstreamHost, UpstreamPort                       string
 	NodeSecurityContext                              map[string]any
@@ -115,6 +120,7 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 		NodeForwarders:      NodeForwarders(o),
 		NodeProbes:          map[string]probes{"node": execProbes(healthSocket("node"))},
 		HandoffHostPath:     HandoffHostPath(o.Namespace),
+		NodeSurge:           !in.NodeUpdateInPlace,
 		HandoffMount:        handoffMount,
 		HealthMount:         healthMount,
 		WebhookArgs:         WebhookArgs(o),

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -101,6 +102,8 @@ func (s *Server) UpstreamReady() error {
 	if !u.lastOK.IsZero() && now.Sub(u.lastOK) <= u.window {
 		return nil
 	}
+	// No ages in the message: it becomes the kubelet's probe event, and a stable text lets the
+	// events of a lasting failure aggregate into one (x N) instead of piling up.
 	var why string
 	switch {
 	case u.lastOK.IsZero() && u.lastErr == nil:
@@ -108,12 +111,12 @@ func (s *Server) UpstreamReady() error {
 	case u.lastOK.IsZero():
 		why = fmt.Sprintf("no dial to %s has succeeded yet", s.cfg.Upstream)
 	default:
-		why = fmt.Sprintf("no dial to %s succeeded in the last %s (last success %s ago)", s.cfg.Upstream, u.window, now.Sub(u.lastOK).Round(time.Second))
+		why = fmt.Sprintf("no dial to %s succeeded in the last %s", s.cfg.Upstream, u.window)
 	}
 	if u.lastErr != nil {
-		why += fmt.Sprintf("; last error %s ago: %v", now.Sub(u.errAt).Round(time.Second), u.lastErr)
+		why += fmt.Sprintf("; last error: %v", u.lastErr)
 	}
-	return fmt.Errorf("%s", why)
+	return errors.New(why)
 }
 
 func cmpOr(d, def time.Duration) time.Duration {
