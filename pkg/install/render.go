@@ -119,7 +119,7 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 		NodeArgs:            NodeArgs(o, false),
 		NodeForwarders:      NodeForwarders(o),
 		NodeProbes:          map[string]probes{"node": execProbes(healthSocket("node"))},
-		HandoffHostPath:     HandoffHostPath(o.Namespace),
+		HandoffHostPath:     handoffHostRoot,
 		NodeSurge:           !in.NodeUpdateInPlace,
 		HandoffMount:        handoffMount,
 		HealthMount:         healthMount,
@@ -331,14 +331,15 @@ func ProxyArgs(o Options) []string {
 const (
 	// agentBinary is the image's entrypoint (internal/imagebuild), which the exec probes run.
 	agentBinary     = "/usr/local/bin/agent"
-	handoffHostRoot = "/run/apiproxy"
-	handoffMount    = "/run/apiproxy/handoff"
+	handoffHostRoot = "/run/apiproxy"         // the node role's hostPath
+	handoffMount    = "/run/apiproxy/handoff" // where it (or the proxy pod's emptyDir) is mounted
 	healthMount     = "/run/apiproxy/health"
 )
 
-// HandoffHostPath is the node directory where the node role of an install hands its listening
-// sockets over (on /run, a tmpfs: nothing survives a reboot).
-func HandoffHostPath(namespace string) string { return handoffHostRoot + "/" + namespace }
+// NodeHandoffDir is where the node role's agents of an install hand their listening sockets over:
+// a directory per install namespace of the node's /run/apiproxy (a tmpfs: nothing survives a
+// reboot), mounted at the same place in every container; the node agent removes it at uninstall.
+func NodeHandoffDir(namespace string) string { return handoffMount + "/" + namespace }
 
 func healthSocket(container string) string { return healthMount + "/" + container + ".sock" }
 
@@ -363,7 +364,7 @@ func NodeArgs(o Options, initContainer bool) []string {
 	// The address survives rolling updates and restarts, and goes with uninstall (deploy/node.yaml).
 	return append(args, "--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeMetricsPort)),
 		"--cleanup-when-owner-deleted", o.Namespace+"/"+nodeDaemonSetName,
-		"--health-socket", healthSocket("node"), "--handoff-dir", handoffMount)
+		"--health-socket", healthSocket("node"), "--handoff-dir", NodeHandoffDir(o.Namespace))
 }
 
 type nodeForwarder struct {
@@ -392,7 +393,7 @@ func nodeProxyArgs(o Options, metricsPort int, socket string) []string {
 		"--listen", net.JoinHostPort(o.NodeIP, strconv.Itoa(o.ProxyPort)),
 		"--listen-tcp", net.JoinHostPort(o.NodeIP, strconv.Itoa(nodeForwardPort)),
 		"--metrics-addr", net.JoinHostPort(o.NodeIP, strconv.Itoa(metricsPort)),
-		"--health-socket", socket, "--handoff-dir", handoffMount, "--readiness-dial-upstream",
+		"--health-socket", socket, "--handoff-dir", NodeHandoffDir(o.Namespace), "--readiness-dial-upstream",
 	}
 	if o.Upstream != "" {
 		args = append(args, "--upstream", o.Upstream)

@@ -203,8 +203,8 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 			if i := slices.Index(c.Args, "--health-socket"); i < 0 || c.Args[i+1] != socket {
 				t.Errorf("%s args %v lack --health-socket %s", c.Name, c.Args, socket)
 			}
-			if i := slices.Index(c.Args, "--handoff-dir"); i < 0 || c.Args[i+1] != handoffMount {
-				t.Errorf("%s args %v lack --handoff-dir %s", c.Name, c.Args, handoffMount)
+			if i := slices.Index(c.Args, "--handoff-dir"); i < 0 || c.Args[i+1] != handoffMount+"/"+DefaultNamespace {
+				t.Errorf("%s args %v lack --handoff-dir %s/%s", c.Name, c.Args, handoffMount, DefaultNamespace)
 			}
 		}
 		var handoffVol *corev1.Volume
@@ -213,8 +213,8 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 				handoffVol = &ps.Volumes[i]
 			}
 		}
-		if handoffVol == nil || handoffVol.HostPath == nil || handoffVol.HostPath.Path != "/run/apiproxy/"+DefaultNamespace {
-			t.Errorf("handoff volume %+v, want hostPath /run/apiproxy/%s", handoffVol, DefaultNamespace)
+		if handoffVol == nil || handoffVol.HostPath == nil || handoffVol.HostPath.Path != "/run/apiproxy" {
+			t.Errorf("handoff volume %+v, want hostPath /run/apiproxy", handoffVol)
 		}
 		if slices.Contains(sidecar.Args, "--daemon=false") || sidecar.Args[0] != "node" {
 			t.Errorf("sidecar args = %v", sidecar.Args)
@@ -278,7 +278,7 @@ func TestRenderNodeDaemonSet(t *testing.T) {
 		}
 		for i, c := range []corev1.Container{proxy, proxy2} {
 			want := []string{"proxy", "--listen", "169.254.20.11:8118", "--listen-tcp", "169.254.20.11:443", "--metrics-addr", fmt.Sprintf("169.254.20.11:%d", 9191+i),
-				"--health-socket", healthMount + "/" + c.Name + ".sock", "--handoff-dir", handoffMount, "--readiness-dial-upstream",
+				"--health-socket", healthMount + "/" + c.Name + ".sock", "--handoff-dir", handoffMount + "/" + DefaultNamespace, "--readiness-dial-upstream",
 				"--upstream", "192.168.1.10:6443", "--upstream-proxy", "http://10.81.0.3:8118"}
 			if !slices.Equal(c.Args, want) {
 				t.Errorf("forwarder %s args = %v, want %v", c.Name, c.Args, want)

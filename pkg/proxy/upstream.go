@@ -51,15 +51,20 @@ func (u *upstreamHealth) sinceOK(now time.Time) time.Duration {
 	return now.Sub(u.lastOK)
 }
 
-// WatchUpstream keeps UpstreamReady current until ctx is done: it dials the upstream (through
-// --upstream-proxy when set) at once, then whenever no dial succeeded for interval, each dial
-// bounded by timeout; a success counts for window. Zero values take the defaults.
+// WatchUpstream keeps UpstreamReady current, from a goroutine, until ctx is done: it dials the
+// upstream (through --upstream-proxy when set) at once, then whenever no dial succeeded for
+// interval, each dial bounded by timeout; a success counts for window. Zero values take the
+// defaults. From its return on, UpstreamReady judges.
 func (s *Server) WatchUpstream(ctx context.Context, interval, timeout, window time.Duration) {
 	interval = cmpOr(interval, DefaultUpstreamCheckInterval)
 	timeout = cmpOr(timeout, DefaultUpstreamCheckTimeout)
 	s.upstream.mu.Lock()
 	s.upstream.window, s.upstream.watched = cmpOr(window, DefaultUpstreamWindow), true
 	s.upstream.mu.Unlock()
+	go s.watchUpstream(ctx, interval, timeout)
+}
+
+func (s *Server) watchUpstream(ctx context.Context, interval, timeout time.Duration) {
 	check := func() {
 		if age := s.upstream.sinceOK(time.Now()); age >= 0 && age < interval {
 			return // a tunnel dialed it a moment ago

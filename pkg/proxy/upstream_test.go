@@ -53,7 +53,7 @@ func TestUpstreamReadiness(t *testing.T) {
 	const interval, timeout, window = 40 * time.Millisecond, 20 * time.Millisecond, 300 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go s.WatchUpstream(ctx, interval, timeout, window)
+	s.WatchUpstream(ctx, interval, timeout, window)
 	waitFor := func(what string, cond func(error) bool) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)

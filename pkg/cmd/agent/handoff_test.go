@@ -182,3 +182,44 @@ func TestProxySecondAgentWithoutHandoffCannotBind(t *testing.T) {
 		t.Fatalf("second agent without --handoff-dir: %v\n%s", err, out)
 	}
 }
+
+// An agent that takes the sockets over but cannot reach its upstream (a broken release or flag in a
+// rollout) must not accept on them: the agent it took them from keeps serving every connection,
+// and the newcomer reports why it is not ready.
+func TestProxyTakingOverWaitsForItsUpstream(t *testing.T) {
+	upstream := testnet.Serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) { _, _ = io.Copy(c, c) })
+	dead := freeAddr(t, "127.0.0.1") // nothing listens: refused
+	listen := freeAddr(t, "127.0.0.1")
+	dir, sockets := t.TempDir(), t.TempDir()
+	start := func(name, up string) *proxyProcess {
+		return startProxyProcess(t, nil, listen, "--listen", "", "--listen-tcp", listen, "--upstream", up, "--metrics-addr", "",
+			"--handoff-dir", dir, "--health-socket", filepath.Join(sockets, name+".sock"), "--readiness-dial-upstream")
+	}
+	start("good", upstream)
+	broken := start("broken", dead)
+	sock := "unix:" + filepath.Join(sockets, "broken.sock")
+	var body string
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(body, "[-]upstream failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broken agent's readiness does not name the upstream: %q\n%s", body, broken.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		body, _, _ = health.Probe(ctx, sock, "/readyz")
+		cancel()
+	}
+	if !strings.Contains(broken.stderr.String(), "took over a listening socket") {
+		t.Fatalf("the broken agent did not take the socket over:\n%s", broken.stderr.String())
+	}
+	loop := startDialLoop(listen)
+	time.Sleep(2 * time.Second)
+	ok, fail := loop.halt()
+	for _, f := range fail {
+		t.Errorf("a connection failed while an agent without a working upstream held the socket: %v", f.err)
+	}
+	t.Logf("%d connections ok, %d failed; the broken agent's readiness: %q", ok, len(fail), body)
+	if ok < 50 {
+		t.Errorf("only %d connections: the loop did not run", ok)
+	}
+}

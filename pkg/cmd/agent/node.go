@@ -190,6 +190,14 @@ func (o *NodeOptions) cleanupOnExit(s *node.Syncer) error {
 		return fmt.Errorf("cleanup: %w", err)
 	}
 	klog.InfoS("Cleaned up", "address", o.ip.String(), "interface", o.Interface)
+	if o.HandoffDir != "" {
+		// Nobody hands sockets over here any more: the forwarders of a deleted DaemonSet are
+		// stopping too, and removing their socket files only spares them the unlink.
+		if err := os.RemoveAll(o.HandoffDir); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+		klog.InfoS("Removed the handoff directory", "dir", o.HandoffDir)
+	}
 	return nil
 }
 

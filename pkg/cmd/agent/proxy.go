@@ -258,6 +258,9 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 	type bound struct {
 		l   net.Listener
 		tcp bool
+		// takenOver: the socket came from a running agent (--handoff-dir), which serves it
+		// meanwhile, so this one may wait until it can serve too.
+		takenOver bool
 	}
 	var ls []bound
 	closeAll := func() {
@@ -265,31 +268,31 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 			b.l.Close()
 		}
 	}
-	listen, handoff, err := o.listener(ctx, logger)
+	listen, shared, err := o.listener(ctx, logger)
 	if err != nil {
 		return err
 	}
-	if handoff != nil {
+	if shared != nil {
 		// Stop offering the sockets before closing them (see handoff.Dir.Close).
-		defer handoff.Close()
+		defer shared.Close()
 	}
 	if o.Listen != "" {
-		l, err := listen(ctx, o.Listen)
+		l, src, err := listen(ctx, o.Listen)
 		if err != nil {
 			return fmt.Errorf("--listen %s: %w", o.Listen, err)
 		}
-		ls = append(ls, bound{l: l})
+		ls = append(ls, bound{l: l, takenOver: src == handoff.TakenOver})
 	}
 	for _, a := range o.ListenTCP {
-		l, err := listen(ctx, a)
+		l, src, err := listen(ctx, a)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("--listen-tcp %s: %w", a, err)
 		}
-		ls = append(ls, bound{l: l, tcp: true})
+		ls = append(ls, bound{l: l, tcp: true, takenOver: src == handoff.TakenOver})
 	}
 	if o.MetricsAddr != "" {
-		l, err := listen(ctx, o.MetricsAddr)
+		l, _, err := listen(ctx, o.MetricsAddr)
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
@@ -300,35 +303,69 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		closeAll()
 		return fmt.Errorf("--health-socket %s: %w", o.HealthSocket, err)
 	}
-	if handoff != nil {
-		if err := handoff.Serve(); err != nil {
+	if shared != nil {
+		if err := shared.Serve(); err != nil {
 			closeAll()
 			return fmt.Errorf("--handoff-dir %s: %w", o.HandoffDir, err)
 		}
 	}
-	var stopping atomic.Bool
+	var stopping, gated atomic.Bool
 	hs.AddReadyCheck("listeners", func() error {
 		if stopping.Load() {
 			return errors.New("shutting down")
 		}
+		if gated.Load() {
+			return errors.New("taken over from the running agent, which serves them: not accepting here until a dial to the upstream works")
+		}
 		return srv.Ready()
 	})
+	var takenOver []bound
+	for _, b := range ls {
+		if b.takenOver {
+			takenOver = append(takenOver, b)
+		}
+	}
 	wctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
+	if o.ReadyDial || len(takenOver) > 0 {
+		srv.WatchUpstream(wctx, 0, 0, 0)
+	}
 	if o.ReadyDial {
 		hs.AddReadyCheck("upstream", srv.UpstreamReady)
-		go srv.WatchUpstream(wctx, 0, 0, 0)
 	}
 
 	errc := make(chan error, len(ls)+1)
-	for _, b := range ls {
+	serve := func(b bound) {
 		kind, serve := "CONNECT", srv.Serve
 		if b.tcp {
 			kind, serve = "transparent TCP", srv.ServeTCP
 		}
 		logger.Info("listening", "kind", kind, "addr", b.l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", o.UpstreamProxy, "allowTargets", o.allow.Len(),
-			"allowSources", o.sources.Len(), "auth", authMode(o.Auth, b.tcp))
+			"allowSources", o.sources.Len(), "auth", authMode(o.Auth, b.tcp), "takenOver", b.takenOver)
 		go func() { errc <- serve(b.l) }()
+	}
+	for _, b := range ls {
+		if !b.takenOver {
+			serve(b)
+		}
+	}
+	if len(takenOver) > 0 {
+		// The agent these sockets came from still accepts on them. Accepting here before a dial to
+		// the upstream has worked would take connections from an agent that serves them only to
+		// drop them (a new release or flag that cannot reach the API server): wait for one.
+		gated.Store(true)
+		go func() {
+			defer gated.Store(false)
+			if !waitUpstream(ctx, srv) {
+				for _, b := range takenOver {
+					b.l.Close()
+				}
+				return
+			}
+			for _, b := range takenOver {
+				serve(b)
+			}
+		}()
 	}
 	// Serve the health endpoints once the listeners are registered, so /readyz never flaps to
 	// "no listener" at start.
@@ -360,8 +397,8 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		}
 	case serveErr = <-errc:
 	}
-	if handoff != nil {
-		handoff.Close()
+	if shared != nil {
+		shared.Close()
 	}
 	logger.Info("draining", "grace", o.ShutdownGrace, "activeTunnels", srv.Active())
 	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
@@ -413,12 +450,15 @@ func (o *proxyOptions) tokenReviewer() (*tokenreview.Authenticator, error) {
 // listener returns how this agent binds its TCP addresses: directly, or through --handoff-dir, taking
 // over the sockets of the agents already running there (then the returned Dir must be served once
 // every address is bound, and closed when the agent stops accepting).
-func (o *proxyOptions) listener(ctx context.Context, logger logr.Logger) (func(context.Context, string) (net.Listener, error), *handoff.Dir, error) {
+func (o *proxyOptions) listener(ctx context.Context, logger logr.Logger) (func(context.Context, string) (net.Listener, handoff.Source, error), *handoff.Dir, error) {
 	bind := func(ctx context.Context, addr string) (net.Listener, error) {
 		return proxy.Listen(ctx, addr, o.KeepAlive)
 	}
 	if o.HandoffDir == "" {
-		return bind, nil, nil
+		return func(ctx context.Context, addr string) (net.Listener, handoff.Source, error) {
+			l, err := bind(ctx, addr)
+			return l, handoff.Bound, err
+		}, nil, nil
 	}
 	octx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -426,11 +466,35 @@ func (o *proxyOptions) listener(ctx context.Context, logger logr.Logger) (func(c
 	if err != nil {
 		return nil, nil, fmt.Errorf("--handoff-dir: %w", err)
 	}
-	return func(ctx context.Context, addr string) (net.Listener, error) {
+	return func(ctx context.Context, addr string) (net.Listener, handoff.Source, error) {
 		l, src, err := d.Listen(ctx, addr, bind)
 		if err == nil {
 			logger.Info("listener", "addr", addr, "source", string(src))
 		}
-		return l, err
+		return l, src, err
 	}, d, nil
+}
+
+// waitUpstream waits until a dial to the upstream has worked (false when ctx ends first), saying
+// what it waits for when that takes a while.
+func waitUpstream(ctx context.Context, srv *proxy.Server) bool {
+	logger := klog.Background().WithName("proxy")
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	said := time.Now()
+	for {
+		err := srv.UpstreamReady()
+		if err == nil {
+			return true
+		}
+		if time.Since(said) > 10*time.Second {
+			logger.Info("not accepting on the listeners taken over yet: the upstream does not work", "reason", err.Error())
+			said = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
 }

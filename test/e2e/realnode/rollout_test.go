@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/apiproxy/apiproxy/pkg/install"
+	"github.com/apiproxy/apiproxy/pkg/install/diagnose"
 	"github.com/apiproxy/apiproxy/test/harness"
 	"github.com/apiproxy/apiproxy/test/harness/realnode"
 	"github.com/apiproxy/apiproxy/test/testnet"
@@ -133,12 +134,73 @@ func TestNoRequestFailsOnRealNode(t *testing.T) {
 		return disruption{}
 	})
 
+	run("an install whose agents cannot reach the API server", func(t *testing.T) disruption {
+		// The node's own address, where nothing listens: every dial is refused at once.
+		bad := net.JoinHostPort(c.NodeIP, "1")
+		args := append(installArgs(upRef), "--upstream", bad)
+		args[slices.Index(args, "--timeout")+1] = "45s"
+		_, stderr, err := e.plugin(t, args...)
+		if err == nil {
+			t.Fatalf("install --wait with an unreachable --upstream succeeded:\n%s", stderr)
+		}
+		// --wait names the container and the failing check, from the probe's event.
+		want := "upstream failed: no dial to " + bad + " has succeeded yet; last error: dial tcp " + bad + ": connect: connection refused"
+		if !strings.Contains(stderr, want) || !strings.Contains(stderr, "NotReady: ") {
+			t.Errorf("install --wait does not say why the new pods are not ready (want NotReady and %q):\n%s", want, stderr)
+		}
+		out, _, _ := e.plugin(t, "status", "-o", "json")
+		var r install.Report
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("status -o json: %v\n%s", err, out)
+		}
+		for _, role := range r.Roles {
+			if role.Role != install.RoleNode && role.Role != install.RoleProxy {
+				continue
+			}
+			if role.Ready || !slices.ContainsFunc(role.Problems, func(p diagnose.Problem) bool {
+				return p.Reason == diagnose.ReasonNotReady && strings.Contains(p.Message, "upstream failed: no dial to "+bad)
+			}) {
+				t.Errorf("status: role %s ready=%v, problems %+v: want NotReady naming the upstream check", role.Role, role.Ready, role.Problems)
+			}
+		}
+		// The old pods served throughout (surge: they go only once the new ones are ready); the
+		// right install takes the broken ones back.
+		if out, stderr, err := e.plugin(t, installArgs(upRef)...); err != nil {
+			t.Fatalf("install: %v\n%s\n%s", err, out, stderr)
+		}
+		for _, sel := range []string{"app.kubernetes.io/component=node", "app.kubernetes.io/component=proxy"} {
+			waitGone(t, c, sel, 90*time.Second)
+		}
+		return disruption{}
+	})
+
 	// The cluster is still whole: every agent pod ready, no restart beyond the killed containers'.
 	out, stderr, err := e.plugin(t, "status", "-o", "json")
 	var r install.Report
 	if err != nil || json.Unmarshal([]byte(out), &r) != nil || !r.Ready {
 		t.Errorf("status after the scenarios: %v\n%s%s", err, out, stderr)
 	}
+
+	t.Run("uninstall leaves nothing on the node", func(t *testing.T) {
+		if out, stderr, err := e.plugin(t, "uninstall", "--timeout", "2m"); err != nil {
+			t.Fatalf("uninstall: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr)
+		}
+		dir := "/run/apiproxy/" + ns // install's NodeHandoffDir on the node
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			left := leftovers(t, e)
+			if _, err := os.Stat(dir); err == nil {
+				left = append(left, "handoff directory "+dir)
+			}
+			if len(left) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("2 minutes after uninstall, left behind:\n%s", strings.Join(left, "\n"))
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
 }
 
 // removeEnv names a mechanism to take away before the scenarios, to check that they catch its loss

@@ -352,9 +352,9 @@ func removeHardcodedLeftovers() {
 		_ = syscall.Rmdir(d)
 	}
 	// The node role's hostPath where its agents hand their listening sockets over (kubectl-apiproxy
-	// install: /run/apiproxy/<namespace>), created by the kubelet.
+	// install), created by the kubelet; uninstall empties it.
 	_ = os.RemoveAll(nodeHandoffRoot)
 }
 
-// nodeHandoffRoot is install's handoff hostPath root (pkg/install.HandoffHostPath).
+// nodeHandoffRoot is install's handoff hostPath (pkg/install's handoffHostRoot).
 const nodeHandoffRoot = "/run/apiproxy"
