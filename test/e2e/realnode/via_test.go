@@ -488,22 +488,24 @@ func viaProxyTunnels(t *testing.T, v *viaEnv, pod string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ""
-	for _, cp := range p.Spec.Containers[0].Ports {
-		if cp.Name == "metrics" {
-			port = strconv.Itoa(int(cp.ContainerPort))
-		}
-	}
-	b, err := cs.CoreV1().Pods(ns).ProxyGet("http", pod, port, "/metrics", nil).DoRaw(ctx)
-	if err != nil {
-		t.Fatalf("metrics of %s: %v", pod, err)
-	}
+	// Every proxy process of the pod (they share the proxy port): each has a metrics port.
 	var sum float64
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "apiproxy_proxy_tunnels_total ") || strings.HasPrefix(l, "apiproxy_proxy_tunnels_total{") {
-			f := strings.Fields(l)
-			if x, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-				sum += x
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			if !strings.HasPrefix(cp.Name, "metrics") {
+				continue
+			}
+			b, err := cs.CoreV1().Pods(ns).ProxyGet("http", pod, strconv.Itoa(int(cp.ContainerPort)), "/metrics", nil).DoRaw(ctx)
+			if err != nil {
+				t.Fatalf("metrics of %s container %s: %v", pod, c.Name, err)
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, "apiproxy_proxy_tunnels_total ") || strings.HasPrefix(l, "apiproxy_proxy_tunnels_total{") {
+					f := strings.Fields(l)
+					if x, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+						sum += x
+					}
+				}
 			}
 		}
 	}
