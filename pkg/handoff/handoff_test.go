@@ -45,12 +45,17 @@ func join(t *testing.T, dir, name string, addrs ...string) (*Dir, []net.Listener
 	var ls []net.Listener
 	var srcs []Source
 	for _, a := range addrs {
-		l, src, err := d.Listen(ctx, a, bind)
+		sock, err := d.Listen(ctx, a, bind)
 		if err != nil {
 			d.Close()
 			t.Fatalf("%s: Listen %s: %v", name, a, err)
 		}
-		ls, srcs = append(ls, l), append(srcs, src)
+		l, err := sock.Listener()
+		if err != nil {
+			d.Close()
+			t.Fatalf("%s: Listener %s: %v", name, a, err)
+		}
+		ls, srcs = append(ls, l), append(srcs, sock.Source)
 	}
 	if err := d.Serve(); err != nil {
 		t.Fatal(err)
@@ -198,11 +203,59 @@ func TestAddressHeldOutside(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	_, _, err = d.Listen(context.Background(), l.Addr().String(), bind)
+	_, err = d.Listen(context.Background(), l.Addr().String(), bind)
 	if !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("err = %v, want address in use", err)
 	}
 	if want := "does not share it"; !strings.Contains(err.Error(), want) {
 		t.Errorf("err = %v, want it to say %q", err, want)
+	}
+}
+
+// One agent at a time has the turn to accept on an address; the next one gets it when the first
+// gives it back or dies (its lock file descriptor closes), in a moment, and a wait ends with ctx.
+func TestTurns(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	a, _, _ := join(t, dir, "a", addr)
+	b, _, _ := join(t, dir, "b", addr)
+	releaseA, err := a.Turn(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan func(), 1)
+	go func() {
+		release, err := b.Turn(context.Background(), addr)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- release
+	}()
+	select {
+	case <-got:
+		t.Fatal("b got the turn while a holds it")
+	case <-time.After(200 * time.Millisecond):
+	}
+	// Another address is independent.
+	other := freeAddr(t)
+	if r, err := b.Turn(context.Background(), other); err != nil {
+		t.Fatal(err)
+	} else {
+		r()
+	}
+	released := time.Now()
+	releaseA()
+	select {
+	case releaseB := <-got:
+		t.Logf("b got the turn %s after a gave it back", time.Since(released))
+		defer releaseB()
+	case <-time.After(5 * time.Second):
+		t.Fatal("b did not get the turn after a gave it back")
+	}
+	// A wait that ends with its context.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := a.Turn(ctx, addr); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a's second wait: %v, want the deadline", err)
 	}
 }

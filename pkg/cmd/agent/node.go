@@ -278,10 +278,14 @@ func (o *NodeOptions) listenHealth(ctx context.Context, hs *health.Server) error
 			if err != nil {
 				return fmt.Errorf("--handoff-dir: %w", err)
 			}
-			l, _, err := d.Listen(octx, o.MetricsAddr, func(ctx context.Context, addr string) (net.Listener, error) {
+			sock, err := d.Listen(octx, o.MetricsAddr, func(ctx context.Context, addr string) (net.Listener, error) {
 				var lc net.ListenConfig
 				return lc.Listen(ctx, "tcp", addr)
 			})
+			var l net.Listener
+			if err == nil {
+				l, err = sock.Listener()
+			}
 			if err == nil {
 				err = d.Serve()
 			}

@@ -13,14 +13,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
-	"github.com/apiproxy/apiproxy/pkg/handoff"
 	"github.com/apiproxy/apiproxy/pkg/health"
 	"github.com/apiproxy/apiproxy/pkg/logbatch"
 	"github.com/apiproxy/apiproxy/pkg/proxy"
@@ -255,118 +253,27 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	type bound struct {
-		l   net.Listener
-		tcp bool
-		// takenOver: the socket came from a running agent (--handoff-dir), which serves it
-		// meanwhile, so this one may wait until it can serve too.
-		takenOver bool
-	}
-	var ls []bound
-	closeAll := func() {
-		for _, b := range ls {
-			b.l.Close()
-		}
-	}
-	listen, shared, err := o.listener(ctx, logger)
+	ls, err := o.bindListeners(ctx, logger, srv, hs)
 	if err != nil {
 		return err
 	}
-	if shared != nil {
-		// Stop offering the sockets before closing them (see handoff.Dir.Close).
-		defer shared.Close()
-	}
-	if o.Listen != "" {
-		l, src, err := listen(ctx, o.Listen)
-		if err != nil {
-			return fmt.Errorf("--listen %s: %w", o.Listen, err)
-		}
-		ls = append(ls, bound{l: l, takenOver: src == handoff.TakenOver})
-	}
-	for _, a := range o.ListenTCP {
-		l, src, err := listen(ctx, a)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("--listen-tcp %s: %w", a, err)
-		}
-		ls = append(ls, bound{l: l, tcp: true, takenOver: src == handoff.TakenOver})
-	}
-	if o.MetricsAddr != "" {
-		l, _, err := listen(ctx, o.MetricsAddr)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("--metrics-addr %s: %w", o.MetricsAddr, err)
-		}
-		hs.Use(l)
-	}
-	if err := hs.ListenSocket(o.HealthSocket); err != nil {
-		closeAll()
-		return fmt.Errorf("--health-socket %s: %w", o.HealthSocket, err)
-	}
-	if shared != nil {
-		if err := shared.Serve(); err != nil {
-			closeAll()
-			return fmt.Errorf("--handoff-dir %s: %w", o.HandoffDir, err)
-		}
-	}
-	var stopping, gated atomic.Bool
+	defer ls.close()
+	var stopping atomic.Bool
 	hs.AddReadyCheck("listeners", func() error {
 		if stopping.Load() {
 			return errors.New("shutting down")
 		}
-		if gated.Load() {
-			return errors.New("taken over from the running agent, which serves them: not accepting here until a dial to the upstream works")
-		}
-		return srv.Ready()
+		return ls.ready()
 	})
-	var takenOver []bound
-	for _, b := range ls {
-		if b.takenOver {
-			takenOver = append(takenOver, b)
-		}
-	}
 	wctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
-	if o.ReadyDial || len(takenOver) > 0 {
+	if o.ReadyDial || ls.takenOver() {
 		srv.WatchUpstream(wctx, 0, 0, 0)
 	}
 	if o.ReadyDial {
 		hs.AddReadyCheck("upstream", srv.UpstreamReady)
 	}
-
-	errc := make(chan error, len(ls)+1)
-	serve := func(b bound) {
-		kind, serve := "CONNECT", srv.Serve
-		if b.tcp {
-			kind, serve = "transparent TCP", srv.ServeTCP
-		}
-		logger.Info("listening", "kind", kind, "addr", b.l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", o.UpstreamProxy, "allowTargets", o.allow.Len(),
-			"allowSources", o.sources.Len(), "auth", authMode(o.Auth, b.tcp), "takenOver", b.takenOver)
-		go func() { errc <- serve(b.l) }()
-	}
-	for _, b := range ls {
-		if !b.takenOver {
-			serve(b)
-		}
-	}
-	if len(takenOver) > 0 {
-		// The agent these sockets came from still accepts on them. Accepting here before a dial to
-		// the upstream has worked would take connections from an agent that serves them only to
-		// drop them (a new release or flag that cannot reach the API server): wait for one.
-		gated.Store(true)
-		go func() {
-			defer gated.Store(false)
-			if !waitUpstream(ctx, srv) {
-				for _, b := range takenOver {
-					b.l.Close()
-				}
-				return
-			}
-			for _, b := range takenOver {
-				serve(b)
-			}
-		}()
-	}
+	errc := ls.serve(ctx)
 	// Serve the health endpoints once the listeners are registered, so /readyz never flaps to
 	// "no listener" at start.
 	for i := 0; i < 500 && srv.Ready() != nil; i++ {
@@ -397,9 +304,8 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		}
 	case serveErr = <-errc:
 	}
-	if shared != nil {
-		shared.Close()
-	}
+	// Give the sockets (and the turns to accept on them) to the agents that stay, then stop.
+	ls.stopAccepting()
 	logger.Info("draining", "grace", o.ShutdownGrace, "activeTunnels", srv.Active())
 	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
 	defer cancel()
@@ -445,56 +351,4 @@ func (o *proxyOptions) tokenReviewer() (*tokenreview.Authenticator, error) {
 		return nil, fmt.Errorf("--auth tokenreview client: %w", err)
 	}
 	return tokenreview.New(cs, tokenreview.Options{}), nil
-}
-
-// listener returns how this agent binds its TCP addresses: directly, or through --handoff-dir, taking
-// over the sockets of the agents already running there (then the returned Dir must be served once
-// every address is bound, and closed when the agent stops accepting).
-func (o *proxyOptions) listener(ctx context.Context, logger logr.Logger) (func(context.Context, string) (net.Listener, handoff.Source, error), *handoff.Dir, error) {
-	bind := func(ctx context.Context, addr string) (net.Listener, error) {
-		return proxy.Listen(ctx, addr, o.KeepAlive)
-	}
-	if o.HandoffDir == "" {
-		return func(ctx context.Context, addr string) (net.Listener, handoff.Source, error) {
-			l, err := bind(ctx, addr)
-			return l, handoff.Bound, err
-		}, nil, nil
-	}
-	octx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	d, err := handoff.Open(octx, o.HandoffDir, "proxy", logger.WithName("handoff"))
-	if err != nil {
-		return nil, nil, fmt.Errorf("--handoff-dir: %w", err)
-	}
-	return func(ctx context.Context, addr string) (net.Listener, handoff.Source, error) {
-		l, src, err := d.Listen(ctx, addr, bind)
-		if err == nil {
-			logger.Info("listener", "addr", addr, "source", string(src))
-		}
-		return l, src, err
-	}, d, nil
-}
-
-// waitUpstream waits until a dial to the upstream has worked (false when ctx ends first), saying
-// what it waits for when that takes a while.
-func waitUpstream(ctx context.Context, srv *proxy.Server) bool {
-	logger := klog.Background().WithName("proxy")
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	said := time.Now()
-	for {
-		err := srv.UpstreamReady()
-		if err == nil {
-			return true
-		}
-		if time.Since(said) > 10*time.Second {
-			logger.Info("not accepting on the listeners taken over yet: the upstream does not work", "reason", err.Error())
-			said = time.Now()
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-tick.C:
-		}
-	}
 }
