@@ -199,8 +199,9 @@ up_real_node() {
   kubectl --context cl02 exec client -- /app kube-get /api/v1/namespaces/default/pods | cut -c1-160
   echo "(the node agent keeps $HOST_ALIAS_IP on the node; its forwarder, a proxy on that address, carried the request:)"
   k --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c node --tail 1
-  printf '$ kubectl --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c proxy | grep tunnel\n'
-  kubectl --context cl02 -n apiproxy-system logs daemonset/apiproxy-node -c proxy | grep '"tunnel"' | tail -1
+  # Two forwarders share the node IP's sockets (one accepts, the other stands by): read both.
+  printf '$ kubectl --context cl02 -n apiproxy-system logs daemonset/apiproxy-node --all-containers --prefix | grep tunnel\n'
+  kubectl --context cl02 -n apiproxy-system logs daemonset/apiproxy-node --all-containers --prefix | grep '"tunnel"' | tail -1
 
   say "Liqo: cl02's proxy Service as cl01 sees it"
   CLUSTER_IP=$(kubectl --context cl02 -n apiproxy-system get service apiproxy-proxy -o jsonpath='{.spec.clusterIP}')
@@ -215,8 +216,8 @@ up_real_node() {
   say "connect: kubectl get ns on cl02 through the proxy pod (TLS end to end)"
   run kubectl apiproxy --context cl02 connect --remote cl01 -- kubectl get ns
   echo "(only-in-cl02 exists in cl02 alone: the answer came from cl02's API server, via the proxy pod)"
-  printf '$ kubectl --context cl02 -n apiproxy-system logs -l app.kubernetes.io/component=proxy --prefix | grep tunnel\n'
-  kubectl --context cl02 -n apiproxy-system logs -l app.kubernetes.io/component=proxy --prefix --tail 50 | grep '"tunnel"' | tail -1
+  printf '$ kubectl --context cl02 -n apiproxy-system logs -l app.kubernetes.io/component=proxy --all-containers --prefix | grep tunnel\n'
+  kubectl --context cl02 -n apiproxy-system logs -l app.kubernetes.io/component=proxy --all-containers --prefix --tail 50 | grep '"tunnel"' | tail -1
 
   say "A kubeconfig with proxy-url, for clients inside cl01"
   kubectl apiproxy --context cl02 connect --remote cl01 --write-kubeconfig "$DEMO/cl02-via-proxy.yaml"
