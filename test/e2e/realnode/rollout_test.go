@@ -47,10 +47,17 @@ func TestNoRequestFailsOnRealNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the real-node cluster needs root: run the tests as root, as CI does")
 	}
-	ref, archive := harness.AgentImage(t)
-	upRef, upArchive := harness.AgentImageVersion(t, upgradeVersion)
-	c := realnode.Start(t, realnode.Options{Images: []string{archive, upArchive}})
+	c := realnode.Start(t, realnode.Options{})
 	c.DumpLogsOnFailure(t)
+	// Both releases come from the node's registry, pinned by digest, as a user's upgrade does.
+	ref := pushAgent(t, c)
+	upRef, err := c.PushIndex(harness.AgentRepository+":"+upgradeVersion, harness.AgentIndexVersion(t, upgradeVersion))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref == upRef {
+		t.Fatalf("the upgrade image has the same reference as the installed one: %s", ref)
+	}
 	e := &env{c: c, image: ref, nodeIP: install.DefaultNodeIP}
 	installArgs := func(image string) []string {
 		return []string{"install", "--roles", "proxy,node,webhook", "--apiserver-fqdn", "kubernetes.default.svc", "--setup-iptables",
