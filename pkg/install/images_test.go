@@ -56,8 +56,8 @@ func TestRegistryMovesEveryAgentImage(t *testing.T) {
 			o.Image = tc.image
 		}
 		uses := ImagesOf(renderAll(t, o))
-		if len(uses) != 5 { // proxy; node-init, node, proxy; webhook
-			t.Fatalf("%+v: %d containers, want 5: %+v", tc, len(uses), uses)
+		if len(uses) != 7 { // proxy, proxy-2; node-init, node, proxy, proxy-2; webhook
+			t.Fatalf("%+v: %d containers, want 7: %+v", tc, len(uses), uses)
 		}
 		for _, u := range uses {
 			if u.Image != tc.want {
@@ -72,9 +72,11 @@ func TestImagesOfNamesRoleWorkloadAndContainer(t *testing.T) {
 	img := DefaultImage()
 	want := []ImageUse{
 		{RoleProxy, "deployment/apiproxy-proxy", "proxy", false, img},
+		{RoleProxy, "deployment/apiproxy-proxy", "proxy-2", false, img},
 		{RoleNode, "daemonset/apiproxy-node", "node-init", true, img},
 		{RoleNode, "daemonset/apiproxy-node", "node", false, img},
 		{RoleNode, "daemonset/apiproxy-node", "proxy", false, img},
+		{RoleNode, "daemonset/apiproxy-node", "proxy-2", false, img},
 		{RoleWebhook, "deployment/apiproxy-webhook", "webhook", false, img},
 	}
 	if got := ImagesOf(renderAll(t, o)); !reflect.DeepEqual(got, want) {
