@@ -36,8 +36,11 @@ type Config struct {
 	// Allow lists the authorities dialed as named (nil: none).
 	Allow *AllowList
 	// UpstreamProxy ("host:port" or "http://host:port"), when set, makes every dial a CONNECT
-	// through that proxy.
+	// through that proxy; the user info of a URL is sent as Proxy-Authorization (tunnel.Dialer).
 	UpstreamProxy string
+	// UpstreamProxyAuthorization, when set, gives the Proxy-Authorization of each CONNECT to
+	// UpstreamProxy instead (a credentials file from a Secret).
+	UpstreamProxyAuthorization func() (string, error)
 	// DialTimeout bounds one dial (default 10s).
 	DialTimeout time.Duration
 	// HeaderTimeout bounds the time to receive a full request head (default 10s).
@@ -143,7 +146,7 @@ func New(cfg Config) (*Server, error) {
 		if _, err := tunnel.ProxyHostPort(cfg.UpstreamProxy); err != nil {
 			return nil, fmt.Errorf("invalid upstream proxy: %w", err)
 		}
-		s.dialer = &tunnel.Dialer{Proxy: cfg.UpstreamProxy, Forward: base}
+		s.dialer = &tunnel.Dialer{Proxy: cfg.UpstreamProxy, Forward: base, Authorization: cfg.UpstreamProxyAuthorization}
 	}
 	return s, nil
 }

@@ -43,6 +43,10 @@ type Dialer struct {
 	Forward ContextDialer
 	// Header is sent with every CONNECT (e.g. Proxy-Authorization); may be nil.
 	Header http.Header
+	// Authorization, when set and Header has no Proxy-Authorization, gives that header's value for
+	// each CONNECT (e.g. a CredentialsFile's, re-read when the Secret rotates). Without either, the
+	// user info of Proxy is sent (ProxyAuthorization).
+	Authorization func() (string, error)
 }
 
 // DialConnect opens a tunnel to target ("host:port") through the HTTP proxy at proxyAddr
@@ -58,13 +62,14 @@ func ProxyHostPort(proxy string) (string, error) {
 	if strings.Contains(proxy, "://") {
 		u, err := url.Parse(proxy)
 		if err != nil {
-			return "", fmt.Errorf("invalid proxy URL %q: %w", proxy, err)
+			// url.Error quotes the whole URL, credentials included.
+			return "", fmt.Errorf("invalid proxy URL %q: %w", Redact(proxy), errors.Unwrap(err))
 		}
 		if u.Scheme != "http" {
-			return "", fmt.Errorf("invalid proxy URL %q: scheme %q is not supported, use http://HOST:PORT", proxy, u.Scheme)
+			return "", fmt.Errorf("invalid proxy URL %q: scheme %q is not supported, use http://HOST:PORT", Redact(proxy), u.Scheme)
 		}
 		if u.Path != "" && u.Path != "/" {
-			return "", fmt.Errorf("invalid proxy URL %q: a proxy URL has no path", proxy)
+			return "", fmt.Errorf("invalid proxy URL %q: a proxy URL has no path", Redact(proxy))
 		}
 		hp = u.Host
 		if u.Port() == "" {
@@ -73,7 +78,7 @@ func ProxyHostPort(proxy string) (string, error) {
 	}
 	host, port, err := net.SplitHostPort(hp)
 	if err != nil || port == "" {
-		return "", fmt.Errorf("invalid proxy address %q: want HOST:PORT or http://HOST:PORT", proxy)
+		return "", fmt.Errorf("invalid proxy address %q: want HOST:PORT or http://HOST:PORT", Redact(proxy))
 	}
 	return net.JoinHostPort(host, port), nil
 }
@@ -84,11 +89,15 @@ func (d *Dialer) DialContext(ctx context.Context, network, target string) (net.C
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 	default:
-		return nil, fmt.Errorf("CONNECT via proxy %s: network %q is not supported", d.Proxy, network)
+		return nil, fmt.Errorf("CONNECT via proxy %s: network %q is not supported", Redact(d.Proxy), network)
 	}
 	proxy, err := ProxyHostPort(d.Proxy)
 	if err != nil {
 		return nil, err
+	}
+	hdr, err := d.header()
+	if err != nil {
+		return nil, fmt.Errorf("CONNECT via proxy %s: %w", proxy, err)
 	}
 	if d.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -103,12 +112,36 @@ func (d *Dialer) DialContext(ctx context.Context, network, target string) (net.C
 	if err != nil {
 		return nil, fmt.Errorf("dial proxy %s: %w", proxy, err)
 	}
-	c, err := handshake(ctx, conn, proxy, target, d.Header)
+	c, err := handshake(ctx, conn, proxy, target, hdr)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// header is what the CONNECT carries: Header, with Proxy-Authorization from Authorization or the
+// proxy URL's user info when Header has none.
+func (d *Dialer) header() (http.Header, error) {
+	if d.Header.Get("Proxy-Authorization") != "" {
+		return d.Header, nil
+	}
+	var auth string
+	var err error
+	if d.Authorization != nil {
+		auth, err = d.Authorization()
+	} else {
+		auth, err = ProxyAuthorization(d.Proxy)
+	}
+	if err != nil || auth == "" {
+		return d.Header, err
+	}
+	h := d.Header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set("Proxy-Authorization", auth)
+	return h, nil
 }
 
 func handshake(ctx context.Context, conn net.Conn, proxy, target string, hdr http.Header) (net.Conn, error) {

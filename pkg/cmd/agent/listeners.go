@@ -15,6 +15,7 @@ import (
 	"github.com/apiproxy/apiproxy/pkg/handoff"
 	"github.com/apiproxy/apiproxy/pkg/health"
 	"github.com/apiproxy/apiproxy/pkg/proxy"
+	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
 
 // proxyListeners are the proxy's listening sockets (--listen, --listen-tcp, --metrics-addr), bound
@@ -177,7 +178,7 @@ func (ls *proxyListeners) start(d dataListener, l net.Listener, waited time.Dura
 	if d.tcp {
 		kind, serve = "transparent TCP", ls.srv.ServeTCP
 	}
-	kv := []any{"kind", kind, "addr", l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", o.UpstreamProxy, "allowTargets", o.allow.Len(),
+	kv := []any{"kind", kind, "addr", l.Addr().String(), "upstream", o.Upstream, "upstreamProxy", tunnel.Redact(o.UpstreamProxy), "allowTargets", o.allow.Len(),
 		"allowSources", o.sources.Len(), "auth", authMode(o.Auth, d.tcp)}
 	if d.sock != nil {
 		// Waited for the turn: the agent that accepted before stopped or died.

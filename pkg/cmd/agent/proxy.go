@@ -30,28 +30,30 @@ func init() { registerRole(newProxyCommand) }
 
 // proxyOptions are the flags of `agent proxy` (names are a contract with the deploy manifests).
 type proxyOptions struct {
-	Listen          string
-	ListenTCP       []string
-	Upstream        string
-	UpstreamProxy   string
-	AllowTargets    []string
-	MetricsAddr     string
-	MaxTunnels      int
-	MaxHeaderBytes  int
-	HeaderTimeout   time.Duration
-	DialTimeout     time.Duration
-	IdleTimeout     time.Duration
-	ShutdownGrace   time.Duration
-	ShutdownDelay   time.Duration
-	KeepAlive       time.Duration
-	ReadyDial       bool
-	MaxPendingHeads int
-	AllowSources    []string
-	Auth            string
-	Kubeconfig      string
-	AuditLog        string
-	HealthSocket    string
-	HandoffDir      string
+	Listen        string
+	ListenTCP     []string
+	Upstream      string
+	UpstreamProxy string
+	// UpstreamProxyCredentialsFile holds the upstream proxy's credentials (a mounted Secret's key).
+	UpstreamProxyCredentialsFile string
+	AllowTargets                 []string
+	MetricsAddr                  string
+	MaxTunnels                   int
+	MaxHeaderBytes               int
+	HeaderTimeout                time.Duration
+	DialTimeout                  time.Duration
+	IdleTimeout                  time.Duration
+	ShutdownGrace                time.Duration
+	ShutdownDelay                time.Duration
+	KeepAlive                    time.Duration
+	ReadyDial                    bool
+	MaxPendingHeads              int
+	AllowSources                 []string
+	Auth                         string
+	Kubeconfig                   string
+	AuditLog                     string
+	HealthSocket                 string
+	HandoffDir                   string
 
 	// getenv reads KUBERNETES_SERVICE_*; tests replace it.
 	getenv  func(string) string
@@ -110,7 +112,8 @@ listeners carry no credentials, so --auth does not apply to them: restrict them 
 	f.StringVar(&o.Listen, "listen", ":8118", `CONNECT listener address ("" disables it)`)
 	f.StringArrayVar(&o.ListenTCP, "listen-tcp", nil, "transparent TCP listener IP:PORT relaying raw bytes to the upstream (repeatable)")
 	f.StringVar(&o.Upstream, "upstream", "", "API server HOST:PORT (default: KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT)")
-	f.StringVar(&o.UpstreamProxy, "upstream-proxy", "", "dial every upstream through this CONNECT proxy, http://HOST:PORT")
+	f.StringVar(&o.UpstreamProxy, "upstream-proxy", "", "dial every upstream through this CONNECT proxy, http://HOST:PORT; credentials in the URL are sent as Proxy-Authorization (http://token:TOKEN@HOST:PORT as Bearer, http://USER:PASSWORD@HOST:PORT as Basic), but they show in the process list: prefer --upstream-proxy-credentials-file")
+	f.StringVar(&o.UpstreamProxyCredentialsFile, "upstream-proxy-credentials-file", "", "file with the --upstream-proxy's credentials, read again when it changes (a mounted Secret): a token (sent as Bearer) or USER:PASSWORD (Basic; the user token means Bearer)")
 	f.StringArrayVar(&o.AllowTargets, "allow-target", nil, "authority dialed as named when a CONNECT asks for it: HOST:PORT or CIDR:PORT (repeatable)")
 	f.StringVar(&o.MetricsAddr, "metrics-addr", ":9090", `address of /healthz, /readyz and /metrics ("" disables it)`)
 	f.IntVar(&o.MaxTunnels, "max-tunnels", 10000, "concurrent tunnels; more get 503 (0: unlimited)")
@@ -167,6 +170,21 @@ func (o *proxyOptions) Validate() error {
 	if o.UpstreamProxy != "" {
 		if _, err := tunnel.ProxyHostPort(o.UpstreamProxy); err != nil {
 			return fmt.Errorf("invalid --upstream-proxy: %v", err)
+		}
+		if _, err := tunnel.ProxyAuthorization(o.UpstreamProxy); err != nil {
+			return fmt.Errorf("invalid --upstream-proxy %s: %v", tunnel.Redact(o.UpstreamProxy), err)
+		}
+	}
+	if o.UpstreamProxyCredentialsFile != "" {
+		if o.UpstreamProxy == "" {
+			return errors.New("--upstream-proxy-credentials-file needs --upstream-proxy")
+		}
+		if _, hasCreds := tunnel.StripCredentials(o.UpstreamProxy); hasCreds {
+			return errors.New("--upstream-proxy carries credentials and --upstream-proxy-credentials-file is given: keep only the file")
+		}
+		// Read now, so a wrong mount fails the start and not every dial.
+		if _, err := (&tunnel.CredentialsFile{Path: o.UpstreamProxyCredentialsFile}).Authorization(); err != nil {
+			return fmt.Errorf("invalid --upstream-proxy-credentials-file: %v", err)
 		}
 	}
 	al, err := proxy.ParseAllowList(o.AllowTargets)
@@ -225,7 +243,8 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 	hs := health.New()
 	cfg := proxy.Config{
 		Upstream: o.Upstream, Allow: o.allow, UpstreamProxy: o.UpstreamProxy,
-		DialTimeout: o.DialTimeout, HeaderTimeout: o.HeaderTimeout, MaxHeaderBytes: o.MaxHeaderBytes,
+		UpstreamProxyAuthorization: o.upstreamProxyAuthorization(),
+		DialTimeout:                o.DialTimeout, HeaderTimeout: o.HeaderTimeout, MaxHeaderBytes: o.MaxHeaderBytes,
 		IdleTimeout: o.IdleTimeout, MaxTunnels: o.MaxTunnels, KeepAlive: o.KeepAlive,
 		MaxPendingHeads: o.MaxPendingHeads, AllowSources: o.sources,
 		Logger: logger, AccessLog: accessLog, Registerer: hs.Registry,
@@ -351,4 +370,13 @@ func (o *proxyOptions) tokenReviewer() (*tokenreview.Authenticator, error) {
 		return nil, fmt.Errorf("--auth tokenreview client: %w", err)
 	}
 	return tokenreview.New(cs, tokenreview.Options{}), nil
+}
+
+// upstreamProxyAuthorization reads --upstream-proxy-credentials-file for each upstream CONNECT (nil
+// without it: the URL's own credentials, if any, are sent).
+func (o *proxyOptions) upstreamProxyAuthorization() func() (string, error) {
+	if o.UpstreamProxyCredentialsFile == "" {
+		return nil
+	}
+	return (&tunnel.CredentialsFile{Path: o.UpstreamProxyCredentialsFile}).Authorization
 }
