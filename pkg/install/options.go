@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/apiproxy/apiproxy/pkg/install/imageref"
+	"github.com/apiproxy/apiproxy/pkg/tunnel"
 	"github.com/apiproxy/apiproxy/pkg/version"
 )
 
@@ -38,25 +39,31 @@ const (
 	DefaultProxyPort = 8118
 	// DefaultNodeIP is link-local (169.254.0.0/16): never a Service, pod or routed address, so
 	// neither kube-proxy nor the CNI can claim it (NodeLocal DNSCache's pattern; it uses .10).
-	DefaultNodeIP         = "169.254.20.11"
-	DefaultNodeInterface  = "apiproxy0"
-	DefaultLiqoNamespace  = "liqo"
-	DefaultImageRepo      = "ghcr.io/apiproxy/agent"
-	FieldManager          = "kubectl-apiproxy"
-	IPResourceName        = "api-server-proxy"
-	nodeForwardPort       = 443
-	metricsPort           = 9090
-	webhookPort           = 9443
-	nodeMetricsPort       = 9190
-	nodeProxyMetricsPort  = 9191 // the first forwarder's; the second one's is the next port
-	webhookCertDir        = "/etc/apiproxy/webhook-tls"
-	caSecretName          = "apiproxy-webhook-ca"
-	tlsSecretName         = "apiproxy-webhook-tls"
-	webhookServiceName    = "apiproxy-webhook"
-	proxyServiceName      = "apiproxy-proxy"
-	nodeDaemonSetName     = "apiproxy-node"
-	webhookConfigPrefix   = "apiproxy-webhook-"
-	maxInterfaceNameBytes = 15 // IFNAMSIZ - 1
+	DefaultNodeIP        = "169.254.20.11"
+	DefaultNodeInterface = "apiproxy0"
+	DefaultLiqoNamespace = "liqo"
+	DefaultImageRepo     = "ghcr.io/apiproxy/agent"
+	FieldManager         = "kubectl-apiproxy"
+	IPResourceName       = "api-server-proxy"
+	nodeForwardPort      = 443
+	metricsPort          = 9090
+	webhookPort          = 9443
+	nodeMetricsPort      = 9190
+	nodeProxyMetricsPort = 9191 // the first forwarder's; the second one's is the next port
+	webhookCertDir       = "/etc/apiproxy/webhook-tls"
+	caSecretName         = "apiproxy-webhook-ca"
+	tlsSecretName        = "apiproxy-webhook-tls"
+	webhookServiceName   = "apiproxy-webhook"
+	proxyServiceName     = "apiproxy-proxy"
+	nodeDaemonSetName    = "apiproxy-node"
+	webhookConfigPrefix  = "apiproxy-webhook-"
+	// upstreamProxySecretName holds --upstream-proxy's credentials, mounted into the node
+	// forwarders at upstreamProxyMount (never in their args: those show in the process list,
+	// kubectl describe and status).
+	upstreamProxySecretName = "apiproxy-upstream-proxy"
+	upstreamProxyMount      = "/etc/apiproxy/upstream-proxy"
+	upstreamProxyKey        = "credentials"
+	maxInterfaceNameBytes   = 15 // IFNAMSIZ - 1
 )
 
 // CreateIP says whether to create Liqo's IP resource for the proxy Service.
@@ -310,14 +317,32 @@ func (o *Options) DefaultHostAlias() {
 }
 
 func validateUpstreamProxy(raw string) error {
+	// Messages name the proxy without its credentials.
+	shown := tunnel.Redact(raw)
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme != "http" || u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
-		return fmt.Errorf("--upstream-proxy %q: use http://HOST:PORT (the peer's proxy, e.g. http://10.81.0.3:8118)", raw)
+		return fmt.Errorf("--upstream-proxy %q: use http://HOST:PORT (the peer's proxy, e.g. http://10.81.0.3:8118), with credentials http://token:TOKEN@HOST:PORT", shown)
 	}
 	if p, err := strconv.Atoi(u.Port()); err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("--upstream-proxy %q: port out of range", raw)
+		return fmt.Errorf("--upstream-proxy %q: port out of range", shown)
+	}
+	if _, err := tunnel.ProxyAuthorization(raw); err != nil {
+		return fmt.Errorf("--upstream-proxy %q: %v", shown, err)
 	}
 	return nil
+}
+
+// upstreamProxyCredentials splits --upstream-proxy into the URL the forwarders get as an argument
+// and the credentials (USER:PASSWORD, decoded; "" without any) that go into a Secret.
+func (o *Options) upstreamProxyCredentials() (proxyURL, credentials string) {
+	u, err := url.Parse(o.UpstreamProxy)
+	if err != nil || u.User == nil {
+		return o.UpstreamProxy, ""
+	}
+	pass, _ := u.User.Password()
+	credentials = u.User.Username() + ":" + pass
+	u.User = nil
+	return u.String(), credentials
 }
 
 // WebhookConfigName is the MutatingWebhookConfiguration's name: cluster scoped, so it carries the

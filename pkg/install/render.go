@@ -87,6 +87,9 @@ type values struct {
 	Certs                                            WebhookCerts
 	// ImagePullSecrets is every pod spec's imagePullSecrets ([{name: …}]); empty renders none.
 	ImagePullSecrets []map[string]string
+	// UpstreamProxyCredentials ("USER:PASSWORD" of --upstream-proxy, "" for none) go into the Secret
+	// UpstreamProxySecret, mounted at UpstreamProxyMount in the node forwarders.
+	UpstreamProxyCredentials, UpstreamProxySecret, UpstreamProxyMount, UpstreamProxyKey string
 
 	// Security (security.go): the proxy's NetworkPolicy and its auth RBAC.
 	NetworkPolicy, ProxyAuth bool
@@ -135,6 +138,10 @@ func Render(o Options, in RenderInput) ([]*unstructured.Unstructured, error) {
 	}
 	if v.IPName == "" {
 		v.IPName = IPResourceName
+	}
+	if o.UpstreamProxy != "" {
+		_, v.UpstreamProxyCredentials = o.upstreamProxyCredentials()
+		v.UpstreamProxySecret, v.UpstreamProxyMount, v.UpstreamProxyKey = upstreamProxySecretName, upstreamProxyMount, upstreamProxyKey
 	}
 	for _, name := range o.ImagePullSecrets {
 		if !slices.ContainsFunc(v.ImagePullSecrets, func(s map[string]string) bool { return s["name"] == name }) {
@@ -399,7 +406,11 @@ func nodeProxyArgs(o Options, metricsPort int, socket string) []string {
 		args = append(args, "--upstream", o.Upstream)
 	}
 	if o.UpstreamProxy != "" {
-		args = append(args, "--upstream-proxy", o.UpstreamProxy)
+		proxyURL, credentials := o.upstreamProxyCredentials()
+		args = append(args, "--upstream-proxy", proxyURL)
+		if credentials != "" {
+			args = append(args, "--upstream-proxy-credentials-file", upstreamProxyMount+"/"+upstreamProxyKey)
+		}
 	}
 	return args
 }

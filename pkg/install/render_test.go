@@ -363,7 +363,7 @@ func TestRenderWebhook(t *testing.T) {
 func TestRenderedArgsParseWithTheAgentCommands(t *testing.T) {
 	o := allRolesOptions()
 	o.SetupIPTables = true
-	o.UpstreamProxy = "http://10.81.0.3:8118"
+	o.UpstreamProxy = "http://token:eyJ-token@10.81.0.3:8118" // credentials add a flag
 	o.Upstream = "[fd00::1]:6443"
 	var checked, probes int
 	parse := func(args []string) {
@@ -456,5 +456,65 @@ func TestValidateSaysWhatToFix(t *testing.T) {
 func TestVersionLabel(t *testing.T) {
 	if got := VersionLabel("v1.2.3+build.5"); got != "v1.2.3-build.5" {
 		t.Errorf("VersionLabel = %q", got)
+	}
+}
+
+// Credentials in --upstream-proxy go into a Secret that the node forwarders mount and read
+// (--upstream-proxy-credentials-file), never into an argument; without them no Secret is rendered.
+func TestUpstreamProxyCredentialsGoIntoASecret(t *testing.T) {
+	const token = "eyJhbGciOi.secret-part"
+	o := DefaultOptions()
+	o.Roles = []Role{RoleNode}
+	o.UpstreamProxy = "http://token:" + token + "@10.81.0.3:8118"
+	objs := renderAll(t, o)
+	var secret corev1.Secret
+	find(t, objs, "Secret", upstreamProxySecretName, &secret)
+	if got := secret.StringData[upstreamProxyKey]; got != "token:"+token {
+		t.Errorf("secret %s: %q = %q, want token:TOKEN", upstreamProxySecretName, upstreamProxyKey, got)
+	}
+	var ds appsv1.DaemonSet
+	find(t, objs, "DaemonSet", nodeDaemonSetName, &ds)
+	forwarders := 0
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if strings.Contains(strings.Join(c.Args, " "), token) || strings.Contains(strings.Join(c.Command, " "), token) {
+			t.Errorf("container %s has the token in its command line: %v", c.Name, c.Args)
+		}
+		if !slices.Contains(c.Args, "--upstream-proxy") {
+			continue
+		}
+		forwarders++
+		i := slices.Index(c.Args, "--upstream-proxy")
+		if c.Args[i+1] != "http://10.81.0.3:8118" {
+			t.Errorf("%s: --upstream-proxy %s, want the URL without credentials", c.Name, c.Args[i+1])
+		}
+		j := slices.Index(c.Args, "--upstream-proxy-credentials-file")
+		if j < 0 || c.Args[j+1] != upstreamProxyMount+"/"+upstreamProxyKey {
+			t.Errorf("%s: no --upstream-proxy-credentials-file %s/%s: %v", c.Name, upstreamProxyMount, upstreamProxyKey, c.Args)
+		}
+		if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+			return m.Name == "upstream-proxy" && m.MountPath == upstreamProxyMount && m.ReadOnly
+		}) {
+			t.Errorf("%s does not mount the credentials read-only at %s: %+v", c.Name, upstreamProxyMount, c.VolumeMounts)
+		}
+	}
+	if forwarders != 2 {
+		t.Errorf("%d forwarders use --upstream-proxy, want 2", forwarders)
+	}
+	if !slices.ContainsFunc(ds.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool {
+		return v.Secret != nil && v.Secret.SecretName == upstreamProxySecretName
+	}) {
+		t.Errorf("no volume of secret %s", upstreamProxySecretName)
+	}
+
+	o.UpstreamProxy = "http://10.81.0.3:8118"
+	for _, obj := range renderAll(t, o) {
+		if obj.GetKind() == "Secret" {
+			t.Errorf("secret %s rendered for an --upstream-proxy without credentials", obj.GetName())
+		}
+	}
+	// A bad URL's message does not repeat the token.
+	o.UpstreamProxy = "http://token:" + token + "@10.81.0.3"
+	if err := o.Validate(); err == nil || strings.Contains(err.Error(), token) {
+		t.Errorf("bad --upstream-proxy: err = %v (want an error without the token)", err)
 	}
 }
