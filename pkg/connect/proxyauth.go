@@ -30,10 +30,15 @@ const ProxyUser = "apiproxy"
 type ProxyCredentials struct {
 	// Override is --proxy-token.
 	Override string
+	// Authorization is a whole Proxy-Authorization value from the credentials of --proxy-url
+	// (tunnel.ProxyAuthorization): sent from the first CONNECT on, instead of any token.
+	Authorization string
 	// Config is the target context's client configuration (its user's credentials).
 	Config *rest.Config
 	// Context names that context in messages.
 	Context string
+	// Flag names the flag that overrides the token in messages ("--proxy-token" when empty).
+	Flag string
 
 	once sync.Once
 	rt   http.RoundTripper
@@ -44,7 +49,8 @@ type ProxyCredentials struct {
 // cannot be shown to a proxy: TLS goes through it end to end).
 type NoTokenError struct {
 	Context, Proxy string
-	Err            error // why the user's credentials gave no token, if they failed
+	Flag           string // the flag that gives a token ("--proxy-token" when empty)
+	Err            error  // why the user's credentials gave no token, if they failed
 }
 
 func (e *NoTokenError) Error() string {
@@ -52,18 +58,35 @@ func (e *NoTokenError) Error() string {
 	if e.Err != nil {
 		why = fmt.Sprintf("its user's token could not be obtained: %v", e.Err)
 	}
-	return fmt.Sprintf("proxy %s requires a token (407 Proxy Authentication Required), and context %q cannot give one: %s. Pass one with --proxy-token TOKEN, e.g. a ServiceAccount's: --proxy-token \"$(kubectl create token NAME -n NAMESPACE)\"",
-		e.Proxy, e.Context, why)
+	flag := e.Flag
+	if flag == "" {
+		flag = "--proxy-token"
+	}
+	return fmt.Sprintf("proxy %s requires a token (407 Proxy Authentication Required), and context %q cannot give one: %s. Pass one with %s TOKEN, e.g. a ServiceAccount's: %s \"$(kubectl create token NAME -n NAMESPACE)\"",
+		e.Proxy, e.Context, why, flag, flag)
 }
 
 func (e *NoTokenError) Unwrap() error { return e.Err }
 
 // Describe names the token sent, for messages (never the token itself).
 func (p *ProxyCredentials) Describe() string {
+	if p.Authorization != "" {
+		return "the --proxy-url's credentials"
+	}
 	if p.Override != "" {
-		return "the --proxy-token token"
+		flag := p.Flag
+		if flag == "" {
+			flag = "--proxy-token"
+		}
+		return "the " + flag + " token"
 	}
 	return fmt.Sprintf("context %q's user's token", p.Context)
+}
+
+// Explicit says that the user gave credentials (--proxy-token or in --proxy-url): they are sent
+// from the first CONNECT on, not only after a 407.
+func (p *ProxyCredentials) Explicit() bool {
+	return p != nil && (p.Override != "" || p.Authorization != "")
 }
 
 // Token returns the token to send: Override, else the user's bearer token ("" with no error when
@@ -138,7 +161,7 @@ type AuthDialer struct {
 
 // DialContext opens a tunnel to target.
 func (a *AuthDialer) DialContext(ctx context.Context, network, target string) (net.Conn, error) {
-	send := a.Creds != nil && (a.Creds.Override != "" || a.Required.Load())
+	send := a.Creds.Explicit() || a.Creds != nil && a.Required.Load()
 	conn, err := a.dial(ctx, network, target, send)
 	var ce *tunnel.ConnectError
 	if send || !errors.As(err, &ce) || ce.StatusCode != http.StatusProxyAuthRequired || a.Creds == nil {
@@ -151,10 +174,12 @@ func (a *AuthDialer) DialContext(ctx context.Context, network, target string) (n
 func (a *AuthDialer) dial(ctx context.Context, network, target string, withToken bool) (net.Conn, error) {
 	d := a.Dialer
 	d.Header = nil
-	if withToken {
+	if withToken && a.Creds.Authorization != "" {
+		d.Header = http.Header{"Proxy-Authorization": {a.Creds.Authorization}}
+	} else if withToken {
 		token, err := a.Creds.Token(ctx)
 		if err != nil || token == "" {
-			return nil, &NoTokenError{Context: a.Creds.Context, Proxy: a.Dialer.Proxy, Err: err}
+			return nil, &NoTokenError{Context: a.Creds.Context, Proxy: a.Dialer.Proxy, Flag: a.Creds.Flag, Err: err}
 		}
 		d.Header = http.Header{"Proxy-Authorization": {"Bearer " + token}}
 	}

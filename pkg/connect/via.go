@@ -538,8 +538,12 @@ type ViaDialer struct {
 	Timeout     time.Duration
 	// Creds answer a remote proxy that asks for a token (407); nil sends none.
 	Creds *ProxyCredentials
+	// RelayCreds answer the relay (the --via cluster's proxy) when it asks for a token: its
+	// TokenReview runs in the --via cluster, so the default is the --via context's user's token;
+	// --via-proxy-token overrides it. nil sends none.
+	RelayCreds *ProxyCredentials
 
-	authRequired atomic.Bool
+	authRequired, relayAuthRequired atomic.Bool
 }
 
 // Hop names a leg of the relayed path.
@@ -569,12 +573,17 @@ func (v *ViaDialer) relayLabel() string {
 // DialContext opens a tunnel to target (the API server's host:port, as the remote proxy's
 // cluster names it).
 func (v *ViaDialer) DialContext(ctx context.Context, network, target string) (net.Conn, error) {
-	inner := &hopDialer{d: &tunnel.Dialer{Proxy: v.relayLabel(), Timeout: v.Timeout, Forward: v.Relay}}
+	relay := &AuthDialer{Dialer: tunnel.Dialer{Proxy: v.relayLabel(), Timeout: v.Timeout, Forward: v.Relay}, Creds: v.RelayCreds}
+	relay.Required.Store(v.relayAuthRequired.Load())
+	inner := &hopDialer{d: relay}
 	outer := &AuthDialer{Dialer: tunnel.Dialer{Proxy: v.RemoteProxy, Timeout: v.Timeout, Forward: inner}, Creds: v.Creds}
 	outer.Required.Store(v.authRequired.Load())
 	conn, err := outer.DialContext(ctx, network, target)
 	if outer.Required.Load() {
 		v.authRequired.Store(true)
+	}
+	if relay.Required.Load() {
+		v.relayAuthRequired.Store(true)
 	}
 	if err != nil {
 		if inner.ok {
@@ -640,10 +649,24 @@ func (v *ViaDialer) describe(err error) error {
 	if errors.As(err, &pf) {
 		return &HopError{Hop: HopPortForward, msg: pf.Error(), Err: err}
 	}
+	var nt *NoTokenError
+	if errors.As(err, &nt) {
+		return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf("the relay (the proxy in %q): %s", via, nt.Error())}
+	}
 	var ce *tunnel.ConnectError
 	if errors.As(err, &ce) {
 		if ce.Proxy == v.relayLabel() {
 			switch ce.StatusCode {
+			case http.StatusProxyAuthRequired:
+				sent := "no token"
+				if v.RelayCreds != nil {
+					sent = v.RelayCreds.Describe()
+				}
+				return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
+					"the proxy in %q authenticates tunnels and refused %s (407 Proxy Authentication Required): the relay reviews the token in %q, so give a token of that cluster with the right to tunnel there: --via-proxy-token TOKEN (e.g. \"$(kubectl --context %s create token NAME -n NAMESPACE)\"), or a --via context whose user has a bearer token", via, sent, via, via)}
+			case http.StatusForbidden:
+				return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
+					"the proxy in %q refused to relay to %s (%s): either %s is not among its --allow-target entries (kubectl apiproxy install --relay in %q), or the relay's token may not tunnel there (grant create on tunnels.apiproxy.io in %q)", via, v.RemoteProxy, ce.Status, v.RemoteProxy, via, via)}
 			case http.StatusBadGateway, http.StatusGatewayTimeout:
 				return &HopError{Hop: HopRelay, Err: err, msg: fmt.Sprintf(
 					"the proxy in %q could not reach the remote proxy %s (%s): is that address reachable from inside %q (fabric up, right --remote/--proxy-port)?", via, v.RemoteProxy, ce.Status, via)}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -458,3 +459,76 @@ type roundTripperFunc func(*http.Request) (*http.Response, error)
 func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 var _ net.Conn = (*streamConn)(nil)
+
+// A relay (the --via cluster's proxy) that authenticates tunnels gets a token on the relay leg:
+// --via-proxy-token, or the --via context's user's token after its 407; without one the error
+// names the relay and --via-proxy-token (it used to send nothing and blame --allow-target). The
+// remote proxy keeps its own token.
+func TestViaSendsRelayCredentials(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs a kube-apiserver")
+	}
+	echo := nodestandin.EchoServer(t, "")
+	remote := testnet.StartAuthProxy(t, "remote-token", echo)
+	relayProxy := testnet.StartAuthProxy(t, "relay-token", remote.Addr)
+	cl, _ := relayEnv(t, relayProxy.Addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	dial := func(relayCreds *ProxyCredentials) error {
+		r := &Relay{Config: cl.Config, Context: "cl01", Namespace: "apiproxy-system", Selector: "app=proxy", Port: 8118}
+		defer r.Close()
+		v := &ViaDialer{Relay: r, RemoteProxy: remote.Addr, Timeout: 20 * time.Second,
+			Creds: &ProxyCredentials{Override: "remote-token", Context: "cl02"}, RelayCreds: relayCreds}
+		c, err := v.DialContext(ctx, "tcp", "kubernetes.default.svc:443")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "ping"); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+			return fmt.Errorf("echo through both proxies: %q %v", buf, err)
+		}
+		return nil
+	}
+
+	t.Run("--via-proxy-token", func(t *testing.T) {
+		if err := dial(&ProxyCredentials{Override: "relay-token", Context: "cl01", Flag: "--via-proxy-token"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := relayProxy.Seen(); !slices.Equal(got, []string{"bearer"}) {
+			t.Errorf("the relay saw %v, want the token on the first CONNECT", got)
+		}
+		if got := remote.Seen(); !slices.Equal(got, []string{"bearer"}) {
+			t.Errorf("the remote proxy saw %v", got)
+		}
+	})
+	t.Run("the --via context's token after a 407", func(t *testing.T) {
+		viaUser := rest.AnonymousClientConfig(cl.Config)
+		viaUser.BearerToken = "relay-token"
+		if err := dial(&ProxyCredentials{Config: viaUser, Context: "cl01", Flag: "--via-proxy-token"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := relayProxy.Seen(); !slices.Equal(got, []string{"none", "bearer"}) {
+			t.Errorf("the relay saw %v, want none then the context's token", got)
+		}
+		remote.Seen()
+	})
+	t.Run("no token for the relay", func(t *testing.T) {
+		err := dial(&ProxyCredentials{Override: "wrong", Context: "cl01", Flag: "--via-proxy-token"})
+		var he *HopError
+		if !errors.As(err, &he) || he.Hop != HopRelay || !strings.Contains(err.Error(), "407") || !strings.Contains(err.Error(), "--via-proxy-token") || strings.Contains(err.Error(), "--allow-target") {
+			t.Fatalf("err = %v: want the relay hop, 407 and --via-proxy-token, not --allow-target", err)
+		}
+		if strings.Contains(err.Error(), "wrong") {
+			t.Errorf("the error shows the token: %v", err)
+		}
+		if got := remote.Seen(); len(got) != 0 {
+			t.Errorf("the remote proxy was reached: %v", got)
+		}
+	})
+}

@@ -74,6 +74,9 @@ type Input struct {
 	// cluster's proxy pod (connect --via).
 	Relay     *connect.Relay
 	RelayName string
+	// RelayCreds answer the relay when it asks for a token (connect's --via-proxy-token, else the
+	// --via context's user's token).
+	RelayCreds *connect.ProxyCredentials
 	// Creds answer a proxy that authenticates tunnels (407), as connect does: --proxy-token, else
 	// the context's user's token. Nil sends none.
 	Creds *connect.ProxyCredentials
@@ -285,7 +288,7 @@ func fixFor(err error) string {
 // already seen the 407).
 func (in Input) tunnelDialer(proxy, authority string, tokenRequired bool) func(context.Context) (net.Conn, error) {
 	if in.Relay != nil {
-		vd := &connect.ViaDialer{Relay: in.Relay, RemoteProxy: proxy, Timeout: in.DialTimeout, Creds: in.Creds}
+		vd := &connect.ViaDialer{Relay: in.Relay, RemoteProxy: proxy, Timeout: in.DialTimeout, Creds: in.Creds, RelayCreds: in.RelayCreds}
 		return func(ctx context.Context) (net.Conn, error) { return vd.DialContext(ctx, "tcp", authority) }
 	}
 	d := &connect.AuthDialer{Dialer: tunnel.Dialer{Proxy: proxy, Timeout: in.DialTimeout}, Creds: in.Creds}
@@ -319,7 +322,7 @@ func directHops(ctx context.Context, in Input, proxy, authority string, add func
 		raw.Close()
 		f := hops.DialError(err, proxy)
 		detail := f.Msg
-		if d.Required.Load() || in.Creds != nil && in.Creds.Override != "" {
+		if d.Required.Load() || in.Creds.Explicit() {
 			detail += " to the CONNECT with " + in.Creds.Describe()
 		}
 		add(Hop{Hop: hops.Connect, Status: Fail, Object: object, Detail: detail, Fix: f.Fix})
@@ -329,7 +332,7 @@ func directHops(ctx context.Context, in Input, proxy, authority string, add func
 	switch {
 	case d.Required.Load():
 		detail = "407 without a token, then 200 with " + in.Creds.Describe() + ": the proxy dialed the API server"
-	case in.Creds != nil && in.Creds.Override != "":
+	case in.Creds.Explicit():
 		detail = "200 with " + in.Creds.Describe() + ": the proxy dialed the API server"
 	}
 	add(Hop{Hop: hops.Connect, Status: OK, Object: object, Detail: detail})

@@ -33,6 +33,7 @@ type CheckOptions struct {
 	Via           string
 	ViaNamespace  string
 	ProxyToken    string
+	ViaProxyToken string
 	output        string
 
 	target *connect.Target
@@ -80,6 +81,7 @@ It exits 0 only when every hop passes. The address and the errors are those of g
 	f.DurationVar(&o.DialTimeout, "dial-timeout", 10*time.Second, "Timeout of each network hop")
 	f.StringVar(&o.Via, "via", "", "Check the relayed path of connect --via: port-forward through this context's cluster to its apiproxy proxy pod")
 	f.StringVar(&o.ViaNamespace, "via-namespace", install.DefaultNamespace, "Namespace of the proxy's pods in the --via cluster")
+	f.StringVar(&o.ViaProxyToken, "via-proxy-token", "", "Token for the --via cluster's proxy when it authenticates tunnels (as connect --via-proxy-token); default: the --via context's user's token, when the relay asks (407)")
 	f.StringVar(&o.ProxyToken, "proxy-token", "", "Token for a proxy that authenticates tunnels (as connect --proxy-token); default: the context's user's token, when the proxy asks (407)")
 	f.StringVarP(&o.output, "output", "o", "", "Output format: json or yaml, or leave unset for one line per hop")
 	return cmd
@@ -112,9 +114,11 @@ func (o *CheckOptions) Validate() error {
 	if o.ViaNamespace == "" {
 		return errors.New("--via-namespace must not be empty")
 	}
+	if o.ViaProxyToken != "" && o.Via == "" {
+		return errors.New("--via-proxy-token is the token for the --via cluster's proxy: give --via CONTEXT too, or use --proxy-token")
+	}
 	if o.ProxyURL != "" {
-		_, err := tunnel.ProxyHostPort(o.ProxyURL)
-		return err
+		return validateProxyURL(o.ProxyURL, o.ProxyToken)
 	}
 	if err := o.address.Validate(); err != nil {
 		return fmt.Errorf("%w; or give the proxy directly with --proxy-url http://HOST:PORT", err)
@@ -148,6 +152,9 @@ func (o *CheckOptions) Run(ctx context.Context) error {
 	in.REST = rest
 	// The same credentials connect shows an authenticating proxy.
 	in.Creds = &connect.ProxyCredentials{Override: o.ProxyToken, Config: rest, Context: o.target.ContextName}
+	if o.ProxyURL != "" {
+		in.Creds.Authorization, _ = tunnel.ProxyAuthorization(o.ProxyURL) // checked by Validate
+	}
 	if o.Via != "" {
 		relay, err := newRelay(o.configFlags, o.Via, o.ViaNamespace, o.address.ProxyPort, o.ErrOut)
 		if err != nil {
@@ -155,6 +162,7 @@ func (o *CheckOptions) Run(ctx context.Context) error {
 		}
 		defer relay.Close()
 		in.Relay, in.RelayName = relay, o.Via
+		in.RelayCreds = relayCredentials(relay, o.ViaProxyToken)
 	}
 	report := pathcheck.Run(ctx, in)
 	if o.output != "" {

@@ -67,6 +67,9 @@ type ConnectOptions struct {
 	Via          string
 	ViaNamespace string
 
+	// ViaProxyToken is --via-proxy-token: the token shown to the --via cluster's proxy (the relay)
+	// when it authenticates tunnels; default: the --via context's user's token.
+	ViaProxyToken string
 	// ProxyToken is --proxy-token: the token shown to a proxy that authenticates tunnels.
 	ProxyToken string
 
@@ -123,6 +126,7 @@ then write the token into proxy-url (http://apiproxy:TOKEN@HOST:PORT), so keep t
 	f.DurationVar(&o.DialTimeout, "dial-timeout", 10*time.Second, "Timeout to reach the proxy and open a tunnel (TCP dial plus CONNECT)")
 	f.StringVar(&o.Via, "via", "", "Relay through this context's cluster: port-forward (through its API server) to its apiproxy proxy pod, which CONNECTs to the proxy address (needs pods/portforward there)")
 	f.StringVar(&o.ViaNamespace, "via-namespace", install.DefaultNamespace, "Namespace of the proxy's pods in the --via cluster")
+	f.StringVar(&o.ViaProxyToken, "via-proxy-token", "", "Token for the --via cluster's proxy when it authenticates tunnels (a token of the --via cluster); default: the --via context's user's token, when the relay asks (407)")
 	f.StringVar(&o.ProxyToken, "proxy-token", "", "Token for a proxy that authenticates tunnels (sent as Proxy-Authorization); default: the context's user's token, when the proxy asks (407)")
 	return cmd
 }
@@ -153,6 +157,25 @@ func (o *ConnectOptions) Complete(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("client configuration of context %q: %w", o.target.ContextName, err)
 	}
 	o.creds = &connect.ProxyCredentials{Override: o.ProxyToken, Config: restConfig, Context: o.target.ContextName}
+	if o.ProxyURL != "" {
+		// Invalid credentials are reported by Validate; proxyURL is only ever shown without them.
+		o.creds.Authorization, _ = tunnel.ProxyAuthorization(o.ProxyURL)
+	}
+	return nil
+}
+
+// validateProxyURL checks --proxy-url, whose credentials (http://token:TOKEN@HOST:PORT) stand for
+// --proxy-token: not both.
+func validateProxyURL(proxyURL, proxyToken string) error {
+	if _, err := tunnel.ProxyHostPort(proxyURL); err != nil {
+		return err
+	}
+	if _, err := tunnel.ProxyAuthorization(proxyURL); err != nil {
+		return fmt.Errorf("--proxy-url %s: %w", tunnel.Redact(proxyURL), err)
+	}
+	if _, creds := tunnel.StripCredentials(proxyURL); creds && proxyToken != "" {
+		return errors.New("--proxy-url carries credentials and --proxy-token is given: keep one")
+	}
 	return nil
 }
 
@@ -173,11 +196,14 @@ func (o *ConnectOptions) Validate() error {
 	if o.ViaNamespace == "" {
 		return errors.New("--via-namespace must not be empty")
 	}
+	if o.ViaProxyToken != "" && o.Via == "" {
+		return errors.New("--via-proxy-token is the token for the --via cluster's proxy: give --via CONTEXT too, or use --proxy-token")
+	}
 	if modes == 1 && len(o.Command) > 0 {
 		return errors.New("a command after \"--\" runs against the local listener: drop --print-kubeconfig/--write-kubeconfig/--merge")
 	}
 	if o.ProxyURL != "" {
-		if _, err := tunnel.ProxyHostPort(o.ProxyURL); err != nil {
+		if err := validateProxyURL(o.ProxyURL, o.ProxyToken); err != nil {
 			return err
 		}
 	} else if err := o.address.Validate(); err != nil {
@@ -271,6 +297,10 @@ func (o *ConnectOptions) dialer() func(context.Context) (net.Conn, error) {
 // when one is in use (--proxy-token, or the proxy answers 407 to a probe CONNECT), else proxyURL.
 // The probe needs this machine to reach the proxy; when it cannot, the URL stays without a token.
 func (o *ConnectOptions) kubeconfigProxyURL(ctx context.Context, proxyURL string) (string, error) {
+	if o.creds.Authorization != "" {
+		fmt.Fprintf(o.ErrOut, "Note: the kubeconfig's proxy-url carries the --proxy-url's credentials: keep it private\n")
+		return o.ProxyURL, nil
+	}
 	token := o.ProxyToken
 	if token == "" {
 		probeTimeout := min(o.DialTimeout, 5*time.Second)
@@ -314,7 +344,7 @@ func (o *ConnectOptions) serve(ctx context.Context) error {
 		}
 		defer relay.Close()
 		remote, _ := tunnel.ProxyHostPort(o.proxyURL)
-		vd := &connect.ViaDialer{Relay: relay, RemoteProxy: remote, Timeout: o.DialTimeout, Creds: o.creds}
+		vd := &connect.ViaDialer{Relay: relay, RemoteProxy: remote, Timeout: o.DialTimeout, Creds: o.creds, RelayCreds: relayCredentials(relay, o.ViaProxyToken)}
 		dial = func(ctx context.Context) (net.Conn, error) { return vd.DialContext(ctx, "tcp", authority) }
 		// Relay errors already name their hop.
 		describe = func(err error) error { return err }
@@ -382,6 +412,12 @@ func (o *ConnectOptions) serve(ctx context.Context) error {
 // the current context).
 func (o *ConnectOptions) relay() (*connect.Relay, error) {
 	return newRelay(o.configFlags, o.Via, o.ViaNamespace, o.address.ProxyPort, o.ErrOut)
+}
+
+// relayCredentials are what the relay gets when it asks for a token: --via-proxy-token, else the
+// --via context's user's token (the relay's TokenReview runs in that cluster).
+func relayCredentials(relay *connect.Relay, override string) *connect.ProxyCredentials {
+	return &connect.ProxyCredentials{Override: override, Config: relay.Config, Context: relay.Context, Flag: "--via-proxy-token"}
 }
 
 // newRelay is the relay of connect --via and check --via: port-forward through the via context's
