@@ -109,6 +109,19 @@ func (e *proxyAuthEnv) connectRun(t *testing.T, kubeconfig string, args ...strin
 	return result{o.String(), er.String(), err}
 }
 
+// pluginRun runs the plugin with kubeconfig and args, bounded in time.
+func (e *proxyAuthEnv) pluginRun(t *testing.T, kubeconfig string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, pluginBin(t), append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	var o, er bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &er
+	cmd.Env = append(os.Environ(), "KUBECONFIG=")
+	err := cmd.Run()
+	return result{o.String(), er.String(), err}
+}
+
 func (e *proxyAuthEnv) noToken(t *testing.T, r result) {
 	t.Helper()
 	if strings.Contains(r.stderr, e.token) {
@@ -158,6 +171,33 @@ func TestConnectThroughAuthenticatingProxy(t *testing.T) {
 		}
 		if seen := e.proxy.Seen(); slices.Contains(seen, "none") || !slices.Contains(seen, "bearer") {
 			t.Fatalf("proxy saw %v: --proxy-token is sent from the first CONNECT", seen)
+		}
+	})
+
+	// Credentials written into --proxy-url are sent (they used to be dropped), as Bearer for the
+	// user "token" and as Basic for another user, from the first CONNECT on, and never printed.
+	t.Run("certificate-only user: credentials in --proxy-url", func(t *testing.T) {
+		for user, want := range map[string]string{"token": "bearer", "alice": "basic"} {
+			e.proxy.Seen()
+			withCreds := "http://" + user + ":" + e.token + "@" + e.proxy.Addr
+			r := e.pluginRun(t, e.certKC, "connect", "--proxy-url", withCreds, "--", e.kctl, "get", "pods", "-o", "name")
+			e.noToken(t, r)
+			if r.err != nil || !strings.Contains(r.stdout, "pod/web") {
+				t.Fatalf("connect --proxy-url http://%s:TOKEN@…: %v\nstdout: %s\nstderr: %s", user, r.err, r.stdout, r.stderr)
+			}
+			if seen := e.proxy.Seen(); len(seen) == 0 || slices.ContainsFunc(seen, func(s string) bool { return s != want }) {
+				t.Fatalf("user %s: proxy saw %v, want only %s", user, seen, want)
+			}
+			r = e.pluginRun(t, e.certKC, "check", "--proxy-url", withCreds)
+			e.noToken(t, r)
+			if r.err != nil || strings.Contains(r.stdout, e.token) {
+				t.Fatalf("check --proxy-url http://%s:TOKEN@…: %v\n%s%s", user, r.err, strings.ReplaceAll(r.stdout, e.token, "TOKEN"), r.stderr)
+			}
+		}
+		r := e.pluginRun(t, e.certKC, "connect", "--proxy-url", "http://token:"+e.token+"@"+e.proxy.Addr, "--proxy-token", e.token, "--print-kubeconfig")
+		e.noToken(t, r)
+		if r.err == nil || !strings.Contains(r.stderr, "keep one") {
+			t.Fatalf("credentials in --proxy-url and --proxy-token: want a refusal, got %v\n%s", r.err, r.stderr)
 		}
 	})
 

@@ -391,6 +391,10 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("node forwarder: --upstream-proxy credentials from install's Secret", func(t *testing.T) {
+		testNodeForwarderCredentials(t, e, authority)
+	})
+
 	t.Run("token user: connect's listener, kubectl port-forward through it", func(t *testing.T) {
 		// Its stderr joins the others checked for token text, once connect has stopped (cleanups
 		// run last-registered first).
