@@ -87,7 +87,7 @@ func ConnectAnswer(code int, status, proxy string) *Failure {
 	case http.StatusProxyAuthRequired:
 		f.Fix = "the proxy authenticates tunnels (agent proxy --auth tokenreview) and got no token or rejected the token it got (expired, or from another cluster?): pass a valid one with --proxy-token, e.g. a ServiceAccount token of the proxy's cluster"
 	case http.StatusForbidden:
-		f.Fix = "the proxy refused this client: the token's user may not create tunnels.apiproxy.io in the proxy's cluster: there, create the role once (echo '" + TunnelRoleJSON + "' | kubectl apply -f -) and bind it: kubectl create clusterrolebinding NAME --clusterrole=apiproxy-tunnel --serviceaccount=NAMESPACE:NAME (or --user/--group)"
+		f.Fix = "the proxy refused this client: the token's user may not create tunnels.apiproxy.io in the proxy's cluster: there, bind it to the role apiproxy-tunnel: kubectl create clusterrolebinding NAME --clusterrole=apiproxy-tunnel --serviceaccount=NAMESPACE:NAME (or --user/--group). kubectl apiproxy install --auth tokenreview created that role; for a proxy run without install, create it once: echo '" + TunnelRoleJSON + "' | kubectl apply -f -"
 	case http.StatusBadGateway:
 		f.Fix = "it reached the proxy, but the API server refused the proxy's connection: check the proxy's --upstream and its logs"
 	case http.StatusGatewayTimeout:

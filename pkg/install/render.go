@@ -94,6 +94,7 @@ type values struct {
 	// Security (security.go): the proxy's NetworkPolicy and its auth RBAC.
 	NetworkPolicy, ProxyAuth bool
 	AuthBindingName          string
+	TunnelRoleName           string
 	PolicyFrom, MetricsFrom  []map[string]any
 }
 

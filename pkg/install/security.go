@@ -40,6 +40,9 @@ const (
 const (
 	networkPolicyName = "apiproxy-proxy"
 	authBindingPrefix = "apiproxy-proxy-auth-"
+	// TunnelRoleName is the ClusterRole install --auth tokenreview renders: create on
+	// tunnels.apiproxy.io, what a user needs to tunnel; granting it is one clusterrolebinding.
+	TunnelRoleName = "apiproxy-tunnel"
 )
 
 // The kinds the proxy's security adds (also in managedKinds, for status and uninstall).
@@ -165,6 +168,7 @@ func securityValues(o Options, v *values) error {
 	v.NetworkPolicy = o.RenderNetworkPolicy && slices.Contains(o.Roles, RoleProxy)
 	v.ProxyAuth = o.Auth == AuthTokenReview
 	v.AuthBindingName = AuthBindingName(o.Namespace)
+	v.TunnelRoleName = TunnelRoleName
 	from := []map[string]any{{"podSelector": map[string]any{}}} // this namespace
 	for _, s := range o.PolicySources {
 		from = append(from, map[string]any{"ipBlock": map[string]any{"cidr": s}})
@@ -204,6 +208,7 @@ func pruneSecurity(ctx context.Context, c *Client, o Options, dryRun DryRun, log
 	for _, t := range []target{
 		{gvkNetworkPolicy, o.Namespace, networkPolicyName, o.RenderNetworkPolicy},
 		{gvkClusterRoleBinding, "", AuthBindingName(o.Namespace), o.Auth == AuthTokenReview},
+		{gvkClusterRole, "", TunnelRoleName, o.Auth == AuthTokenReview},
 	} {
 		if t.keep {
 			continue

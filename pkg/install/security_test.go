@@ -20,7 +20,7 @@ func TestRenderWhoMayTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, o := range def {
-		if o.GetKind() == "NetworkPolicy" || o.GetKind() == "ClusterRoleBinding" {
+		if o.GetKind() == "NetworkPolicy" || o.GetKind() == "ClusterRoleBinding" || o.GetKind() == "ClusterRole" {
 			t.Errorf("defaults render %s %s", o.GetKind(), o.GetName())
 		}
 	}
@@ -61,6 +61,13 @@ func TestRenderWhoMayTunnel(t *testing.T) {
 	find(t, objs, "ClusterRoleBinding", AuthBindingName(o.Namespace), &crb)
 	if crb.RoleRef.Name != "system:auth-delegator" || crb.Subjects[0].Name != "apiproxy-proxy" {
 		t.Errorf("ClusterRoleBinding %+v", crb)
+	}
+	// Granting a tunnel is one clusterrolebinding to this role.
+	var role rbacv1.ClusterRole
+	find(t, objs, "ClusterRole", TunnelRoleName, &role)
+	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].APIGroups, []string{"apiproxy.io"}) || !slices.Equal(role.Rules[0].Resources, []string{"tunnels"}) ||
+		!slices.Equal(role.Rules[0].Verbs, []string{"create"}) || len(role.Rules[0].ResourceNames) != 0 {
+		t.Errorf("ClusterRole %s rules %+v: want create on every tunnels.apiproxy.io", TunnelRoleName, role.Rules)
 	}
 	var d appsv1.Deployment
 	find(t, objs, "Deployment", "apiproxy-proxy", &d)

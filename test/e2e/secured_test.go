@@ -95,6 +95,7 @@ func setUpSecured(t *testing.T) *securedEnv {
 		t.Fatal(err)
 	}
 	dyn := sc.CL02.Dynamic(t)
+	tunnelRole := false
 	for _, item := range list.Items {
 		u := &unstructured.Unstructured{Object: item}
 		var gvr schema.GroupVersionResource
@@ -105,6 +106,9 @@ func setUpSecured(t *testing.T) *securedEnv {
 			gvr, e.proxyReviewerSA = corev1.SchemeGroupVersion.WithResource("serviceaccounts"), u.GetName()
 		case u.GetKind() == "ClusterRoleBinding" && u.GetName() == install.AuthBindingName(install.DefaultNamespace):
 			gvr, e.proxyReviewerCRB = rbacv1.SchemeGroupVersion.WithResource("clusterrolebindings"), u.GetName()
+		case u.GetKind() == "ClusterRole" && u.GetName() == install.TunnelRoleName:
+			// Created here, but only granted once the 403 has been seen.
+			gvr, tunnelRole = rbacv1.SchemeGroupVersion.WithResource("clusterroles"), true
 		default:
 			continue
 		}
@@ -112,8 +116,8 @@ func setUpSecured(t *testing.T) *securedEnv {
 			t.Fatalf("creating %s %s from install's rendering: %v", u.GetKind(), u.GetName(), err)
 		}
 	}
-	if e.proxyReviewerSA == "" || e.proxyReviewerCRB == "" {
-		t.Fatalf("install --auth tokenreview rendered no ServiceAccount apiproxy-proxy or no binding %s", install.AuthBindingName(install.DefaultNamespace))
+	if e.proxyReviewerSA == "" || e.proxyReviewerCRB == "" || !tunnelRole {
+		t.Fatalf("install --auth tokenreview rendered no ServiceAccount apiproxy-proxy, no binding %s or no ClusterRole %s", install.AuthBindingName(install.DefaultNamespace), install.TunnelRoleName)
 	}
 	reviewToken := saToken(ctx, t, cs, install.DefaultNamespace, e.proxyReviewerSA)
 	e.reviewKC = writeKubeconfig(t, filepath.Join(dir, "proxy-reviews.yaml"), sc.CL02.Server, sc.CL02.Config.CAData, &clientcmdapi.AuthInfo{Token: reviewToken})
@@ -343,16 +347,13 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 		}
 	})
 
-	// What the README and the 403's fix tell the cluster admin to run, with real kubectl. kubectl
-	// create clusterrole refuses the resource (it is served by no API), so the role is applied.
-	if _, stderr, err := harness.RunKubectl(ctx, t, e.CL02.Kubeconfig, "create", "clusterrole", "apiproxy-tunnel", "--verb=create", "--resource=tunnels.apiproxy.io"); err == nil ||
+	// What the README and the 403's fix tell the cluster admin to run, with real kubectl: one
+	// clusterrolebinding to the role install --auth tokenreview rendered (setUpSecured created it
+	// from install's rendering). kubectl create clusterrole cannot write that role (the resource is
+	// served by no API), which is why install renders it.
+	if _, stderr, err := harness.RunKubectl(ctx, t, e.CL02.Kubeconfig, "create", "clusterrole", "apiproxy-tunnel-by-hand", "--verb=create", "--resource=tunnels.apiproxy.io"); err == nil ||
 		!strings.Contains(stderr, `doesn't have a resource type "tunnels"`) {
-		t.Fatalf("kubectl create clusterrole --resource=tunnels.apiproxy.io: %v %s: the README's detour is no longer needed", err, stderr)
-	}
-	apply := exec.Command(e.kubectl, "--kubeconfig", e.CL02.Kubeconfig, "apply", "-f", "-")
-	apply.Stdin = strings.NewReader(hops.TunnelRoleJSON)
-	if out, err := apply.CombinedOutput(); err != nil {
-		t.Fatalf("kubectl apply the tunnel role: %v\n%s", err, out)
+		t.Fatalf("kubectl create clusterrole --resource=tunnels.apiproxy.io: %v %s: install need not render the role any more", err, stderr)
 	}
 	if _, stderr, err := harness.RunKubectl(ctx, t, e.CL02.Kubeconfig, "create", "clusterrolebinding", "apiproxy-tunnel-cl01",
 		"--clusterrole=apiproxy-tunnel", "--serviceaccount="+peerNamespace+":"+peerSA); err != nil {
