@@ -188,14 +188,20 @@ func TestInstallWhoMayTunnel(t *testing.T) {
 	if r := statusReport(t, kc); r.ProxyAuth != install.AuthTokenReview {
 		t.Errorf("status proxyAuth = %q", r.ProxyAuth)
 	}
-	if out, _, _ := runApiproxy(t, kc, "status"); !strings.Contains(out, "proxy auth: tokenreview") {
-		t.Errorf("status table:\n%s", out)
+	if out, _, _ := runApiproxy(t, kc, "status"); !strings.Contains(out, "proxy auth: tokenreview") || !strings.Contains(out, "--clusterrole "+install.TunnelRoleName) {
+		t.Errorf("status table (want the auth mode and how to grant a tunnel):\n%s", out)
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, install.TunnelRoleName, metav1.GetOptions{}); err != nil {
+		t.Errorf("ClusterRole %s after install --auth tokenreview: %v", install.TunnelRoleName, err)
 	}
 	if _, errOut, err := runApiproxy(t, kc, "install", "--network-policy=false"); err != nil {
 		t.Fatalf("install (auth none again): %v\n%s", err, errOut)
 	}
 	if _, err := cs.RbacV1().ClusterRoleBindings().Get(ctx, install.AuthBindingName(ns), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("auth ClusterRoleBinding after going back to auth none: %v", err)
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, install.TunnelRoleName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("ClusterRole %s after going back to auth none: %v", install.TunnelRoleName, err)
 	}
 
 	// 6. uninstall removes the NetworkPolicy and the ClusterRoleBinding with the rest.

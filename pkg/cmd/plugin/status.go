@@ -114,6 +114,9 @@ func printStatus(out io.Writer, r *install.Report) error {
 	}
 	if r.ProxyAuth != "" {
 		fmt.Fprintf(out, "proxy auth: %s\n", r.ProxyAuth)
+		if r.ProxyAuth == install.AuthTokenReview {
+			fmt.Fprintf(out, "grant a tunnel: kubectl create clusterrolebinding NAME --clusterrole %s --serviceaccount NAMESPACE:NAME (or --user/--group)\n", install.TunnelRoleName)
+		}
 	}
 	ip := r.IP
 	switch {
