@@ -23,6 +23,7 @@ const SafeNodeIPExample = DefaultNodeIP
 var (
 	serviceCIDRResource = schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "servicecidrs"}
 	nodeResource        = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
+	podResource         = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
 	serviceResource     = schema.GroupVersionResource{Version: "v1", Resource: "services"}
 )
 

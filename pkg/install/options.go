@@ -114,6 +114,10 @@ type Options struct {
 	// flags (security.go).
 	NetworkPolicy            NetworkPolicyMode
 	AllowSources             []string
+	// ClusterPodCIDRs (--cluster-pod-cidr) are this cluster's pod ranges as the CNI allocates them,
+	// for the proxy's --allow-source when the NetworkPolicy admits "this namespace": without them,
+	// install reads Node .spec.podCIDRs, which CNIs with their own IPAM do not follow.
+	ClusterPodCIDRs          []string
 	MetricsNamespaceSelector string
 	Auth                     AuthMode
 	// Decided by install from the cluster (decideSources): whether the NetworkPolicy is rendered,

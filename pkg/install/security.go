@@ -77,12 +77,17 @@ func (o *Options) validateSecurity() []error {
 			errs = append(errs, fmt.Errorf("--allow-source %q is not a CIDR: use e.g. 192.168.10.0/24 or fd00:10::/64 (a single address as /32 or /128)", s))
 		}
 	}
+	for _, s := range o.ClusterPodCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			errs = append(errs, fmt.Errorf("--cluster-pod-cidr %q is not a CIDR: give the CNI's pod range, e.g. 192.168.0.0/16 (Calico's default IP pool) or 10.0.0.0/8 (Cilium's cluster-pool default)", s))
+		}
+	}
 	if _, err := metav1.ParseToLabelSelector(o.MetricsNamespaceSelector); err != nil {
 		errs = append(errs, fmt.Errorf("--metrics-namespace-selector %q is not a label selector (e.g. kubernetes.io/metadata.name=monitoring): %v", o.MetricsNamespaceSelector, err))
 	}
 	if !o.Has(RoleProxy) {
-		if o.NetworkPolicy == NetworkPolicyTrue || len(o.AllowSources) > 0 || o.Auth == AuthTokenReview {
-			errs = append(errs, errors.New("--network-policy=true, --allow-source and --auth tokenreview configure the proxy role: add proxy to --roles"))
+		if o.NetworkPolicy == NetworkPolicyTrue || len(o.AllowSources) > 0 || len(o.ClusterPodCIDRs) > 0 || o.Auth == AuthTokenReview {
+			errs = append(errs, errors.New("--network-policy=true, --allow-source, --cluster-pod-cidr and --auth tokenreview configure the proxy role: add proxy to --roles"))
 		}
 	}
 	return errs
@@ -138,14 +143,12 @@ func decideSources(ctx context.Context, c *Client, o *Options, log io.Writer) er
 	// loopback for port-forwards.
 	allow := slices.Clone(peerCIDRs)
 	if o.RenderNetworkPolicy {
-		ranges, err := ClusterRanges(ctx, c)
+		pods, err := podRanges(ctx, c, *o, log)
 		if err != nil {
-			fmt.Fprintf(log, "Warning: cannot read this cluster's pod CIDRs (%v): in-cluster clients of the proxy need --allow-source\n", err)
+			return err
 		}
-		for _, r := range ranges {
-			if strings.HasPrefix(r.Source, "pod CIDR") {
-				allow = appendUnique(allow, r.CIDR.String())
-			}
+		for _, p := range pods {
+			allow = appendUnique(allow, p.String())
 		}
 	}
 	for _, s := range loopbackSources {
@@ -257,4 +260,77 @@ func ProxyAuthMode(args []string) AuthMode {
 		}
 	}
 	return AuthNone
+}
+
+// podRanges are this cluster's pod CIDRs for the proxy's --allow-source ("this namespace" of the
+// NetworkPolicy, which the agent repeats because not every CNI enforces policies): --cluster-pod-cidr
+// when given, else Node .spec.podCIDRs. CNIs with their own IPAM (Calico IP pools, Cilium's
+// cluster-pool, the AWS VPC CNI) give pods addresses outside those, and the agent would reset this
+// cluster's own pods that the NetworkPolicy admits. So the running pods' addresses are checked
+// against the ranges: one outside them stops the install (with read ranges) or warns (with
+// --cluster-pod-cidr, the user's statement of the ranges).
+func podRanges(ctx context.Context, c *Client, o Options, log io.Writer) ([]netip.Prefix, error) {
+	var ranges []netip.Prefix
+	source := "--cluster-pod-cidr"
+	if len(o.ClusterPodCIDRs) > 0 {
+		for _, s := range o.ClusterPodCIDRs {
+			p, _ := netip.ParsePrefix(s) // validated
+			ranges = append(ranges, p.Masked())
+		}
+	} else {
+		source = "Node .spec.podCIDRs"
+		read, err := ClusterRanges(ctx, c)
+		if err != nil {
+			fmt.Fprintf(log, "Warning: cannot read this cluster's pod CIDRs (%v): in-cluster clients of the proxy need --allow-source or --cluster-pod-cidr\n", err)
+		}
+		for _, r := range read {
+			if strings.HasPrefix(r.Source, "pod CIDR") && !slices.Contains(ranges, r.CIDR) {
+				ranges = append(ranges, r.CIDR)
+			}
+		}
+	}
+	outside, err := podsOutside(ctx, c, ranges)
+	if err != nil {
+		fmt.Fprintf(log, "Warning: cannot list pods to check that their addresses lie in the pod CIDRs (%s) the proxy will admit (%v)\n", source, err)
+		return ranges, nil
+	}
+	if len(outside) == 0 {
+		return ranges, nil
+	}
+	msg := fmt.Sprintf("%d pod(s) of this cluster have addresses outside the pod CIDRs %v (from %s), e.g. %s: the proxy's --allow-source would reset them although the NetworkPolicy admits them. "+
+		"Give the CNI's pod ranges with --cluster-pod-cidr (repeatable; Calico: kubectl get ippools, Cilium: its cluster-pool-ipv4-cidr), or --allow-source for the clients that need the proxy",
+		len(outside), ranges, source, strings.Join(outside[:min(3, len(outside))], ", "))
+	if len(o.ClusterPodCIDRs) > 0 {
+		fmt.Fprintln(log, "Warning:", msg)
+		return ranges, nil
+	}
+	return nil, errors.New(msg)
+}
+
+// podsOutside names up to a page of running pods (not hostNetwork) whose addresses lie in none of
+// ranges ("namespace/name (address)").
+func podsOutside(ctx context.Context, c *Client, ranges []netip.Prefix) ([]string, error) {
+	list, err := c.Dynamic.Resource(podResource).List(ctx, metav1.ListOptions{Limit: 2000})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range list.Items {
+		if host, _, _ := unstructured.NestedBool(p.Object, "spec", "hostNetwork"); host {
+			continue
+		}
+		ips, _, _ := unstructured.NestedSlice(p.Object, "status", "podIPs")
+		for _, v := range ips {
+			s, _ := v.(map[string]any)["ip"].(string)
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				continue
+			}
+			if !slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return r.Contains(a.Unmap()) }) {
+				out = append(out, fmt.Sprintf("%s/%s (%s)", p.GetNamespace(), p.GetName(), s))
+				break
+			}
+		}
+	}
+	return out, nil
 }
