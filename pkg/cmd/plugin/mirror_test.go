@@ -56,8 +56,8 @@ func TestInstallFromMirror(t *testing.T) {
 		t.Fatalf("install --registry --dry-run=client: %v\n%s", err, errOut)
 	}
 	rendered := install.ImagesOf(decodeYAMLStream(t, out))
-	if len(rendered) != 5 {
-		t.Fatalf("the dry run has %d containers, want 5: %+v", len(rendered), rendered)
+	if len(rendered) != 7 { // proxy, proxy-2; node-init, node, proxy, proxy-2; webhook
+		t.Fatalf("the dry run has %d containers, want 7: %+v", len(rendered), rendered)
 	}
 	for _, u := range rendered {
 		if u.Image != mirrorImage {
