@@ -326,6 +326,65 @@ func rtt(p *proc, rounds int) (p50, p99 float64, err error) {
 	return lat[len(lat)/2], lat[len(lat)*99/100], nil
 }
 
+// rttConcurrent runs n tunnels through one proxy at once, each exchanging 64-byte messages back to
+// back for rounds messages (bounded by 30 s), and times every echo: p50 and p99 in µs over all of
+// them. With several tunnels busy, each message also costs the proxy's wake-ups of the others' work
+// (goroutines through netpoll, or an event loop's turns), which the single-tunnel row does not show.
+func rttConcurrent(p *proc, n, rounds int) (p50, p99 float64, err error) {
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < n; i++ {
+		c, err := p.open('E')
+		if err != nil {
+			return 0, 0, err
+		}
+		_ = c.SetDeadline(deadline)
+		conns = append(conns, c)
+	}
+	lat := make([][]float64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg, back := make([]byte, 64), make([]byte, 64)
+			own := make([]float64, 0, rounds)
+			<-start
+			for r := 0; r < rounds; r++ {
+				t0 := time.Now()
+				if _, err := c.Write(msg); err != nil {
+					errs[i] = err
+					return
+				}
+				if _, err := io.ReadFull(c, back); err != nil {
+					errs[i] = err
+					return
+				}
+				own = append(own, float64(time.Since(t0).Nanoseconds())/1e3)
+			}
+			lat[i] = own
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var all []float64
+	for i := range lat {
+		if errs[i] != nil {
+			return 0, 0, fmt.Errorf("tunnel %d of %d: %w", i, n, errs[i])
+		}
+		all = append(all, lat[i]...)
+	}
+	sort.Float64s(all)
+	return all[len(all)/2], all[len(all)*99/100], nil
+}
+
 // rttAll times 64-byte echoes through one tunnel per proxy, interleaved message by message (one
 // echo through each proxy in turn), so that every proxy sees the same moments of a shared
 // machine's load, and each message finds its proxy idle, as a request after a pause does (the
@@ -543,6 +602,10 @@ const (
 	mP99     = "echo RTT p99 µs (back to back)"
 	mColdP50 = "echo RTT p50 µs (64 B, proxy woken from idle)"
 	mColdP99 = "echo RTT p99 µs (woken from idle)"
+	mC4P50   = "echo RTT p50 µs (64 B, 4 tunnels at once)"
+	mC4P99   = "echo RTT p99 µs (4 tunnels at once)"
+	mC16P50  = "echo RTT p50 µs (64 B, 16 tunnels at once)"
+	mC16P99  = "echo RTT p99 µs (16 tunnels at once)"
 	mRSS     = "RSS per idle tunnel KiB"
 	mCPU     = "CPU s per GiB relayed"
 	// The proxy's CPU per setup: on a machine where clients, sink and proxy share 2 cores, it is
@@ -718,6 +781,22 @@ func runProxyBench() ([]Table, error) {
 			add(p, mP50, p50)
 			add(p, mP99, p99)
 		}
+		for _, p := range rotate(round) {
+			if !measure("rtt") {
+				break
+			}
+			for _, c := range []struct {
+				n        int
+				p50, p99 string
+			}{{4, mC4P50, mC4P99}, {16, mC16P50, mC16P99}} {
+				p50, p99, err := rttConcurrent(p, c.n, 12000/c.n)
+				if err != nil {
+					return nil, fmt.Errorf("RTT via %s, %d tunnels at once: %w", p.name, c.n, err)
+				}
+				add(p, c.p50, p50)
+				add(p, c.p99, p99)
+			}
+		}
 		if measure("rtt") {
 			r, err := rttAll(rotate(round), 1000)
 			if err != nil {
@@ -751,6 +830,10 @@ func runProxyBench() ([]Table, error) {
 		{mP99, false, "", nil, "%.0f"},
 		{mColdP50, false, "≤ 1.25 (goal 1.0)", atMost(1.25), "%.0f"},
 		{mColdP99, false, "", nil, "%.0f"},
+		{mC4P50, false, "≤ 1.0", atMost(1.0), "%.0f"},
+		{mC4P99, false, "", nil, "%.0f"},
+		{mC16P50, false, "≤ 1.0", atMost(1.0), "%.0f"},
+		{mC16P99, false, "", nil, "%.0f"},
 		{mRSS, false, "agent ≤ 4 KiB", rssOK, "%.1f"},
 		{mCPU, false, "", nil, "%.2f"},
 		{mSetupCPU, false, "", nil, "%.0f"},
@@ -762,6 +845,10 @@ func runProxyBench() ([]Table, error) {
 		{mP99, false, "", nil, "%.0f"},
 		{mColdP50, false, "≤ 1.0", atMost(1.0), "%.0f"},
 		{mColdP99, false, "", nil, "%.0f"},
+		{mC4P50, false, "≤ 1.0", atMost(1.0), "%.0f"},
+		{mC4P99, false, "", nil, "%.0f"},
+		{mC16P50, false, "≤ 1.0", atMost(1.0), "%.0f"},
+		{mC16P99, false, "", nil, "%.0f"},
 		{mRSS, false, "agent ≤ 4 KiB", rssOK, "%.1f"},
 		{mCPU, false, "", nil, "%.2f"},
 		{mSetupCPU, false, "", nil, "%.0f"},
