@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -47,7 +48,7 @@ func TestCheck(t *testing.T) {
 		}
 		return lines
 	}
-	hopOrder := []string{"liqo", "ip", "configuration", "address", "tcp", "connect", "tls", "readyz", "access"}
+	hopOrder := []string{"liqo", "ip", "configuration", "condition", "address", "tcp", "connect", "tls", "readyz", "access"}
 	// broken asserts a non-zero exit, hop FAIL with every want in its line, the earlier hops OK
 	// and the later ones SKIP.
 	broken := func(t *testing.T, r result, hop string, want ...string) {
@@ -96,7 +97,7 @@ func TestCheck(t *testing.T) {
 			}
 		}
 		for h, w := range map[string]string{"ip": "IP liqo/api-server-proxy in cl02", "address": "http://" + s.ProxyAddr,
-			"tcp": s.ProxyAddr, "configuration": "Configuration liqo/cl02 in cl01"} {
+			"tcp": s.ProxyAddr, "configuration": "Configuration liqo/cl02 in cl01", "condition": "True, observed at the current generation 1"} {
 			if !strings.Contains(lines[h], w) {
 				t.Errorf("hop %s: %q lacks %q", h, lines[h], w)
 			}
@@ -131,6 +132,20 @@ func TestCheck(t *testing.T) {
 		r := s.plugin(t, check...)
 		broken(t, r, "configuration", "no status.remote.cidr yet", "wait")
 		liqo.Delete(ctx, t, cl01, pending)
+		liqo.Create(ctx, t, cl01, conf)
+	})
+	t.Run("NetworkCIDRsConfigured False", func(t *testing.T) {
+		// Liqo v1.2.0 (the scenario's CRDs) is still remapping the peering: liqoctl would wait.
+		liqo.Delete(ctx, t, cl01, conf)
+		remapping := liqo.NetworkCIDRsConfigured(conf.DeepCopy(), "False", "Remapping", 1, time.Now().Add(-time.Minute))
+		liqo.Create(ctx, t, cl01, remapping)
+		r := s.plugin(t, check...)
+		broken(t, r, "condition", "Configuration liqo/cl02 in cl01 is not ready", "NetworkCIDRsConfigured is False (reason Remapping)", "--ignore-liqo-conditions")
+		r = s.plugin(t, append(check, "--ignore-liqo-conditions")...)
+		if line := hopLines(t, r.stdout)["condition"]; r.err != nil || !strings.HasPrefix(line, "OK") || !strings.Contains(line, "WARNING") {
+			t.Errorf("--ignore-liqo-conditions: %v, condition hop %q\n%s", r.err, line, r.stdout)
+		}
+		liqo.Delete(ctx, t, cl01, remapping)
 		liqo.Create(ctx, t, cl01, conf)
 	})
 	t.Run("IP status not yet set", func(t *testing.T) {

@@ -638,7 +638,7 @@ func testRelay(t *testing.T, w *installWorld) {
 		t.Fatalf("--allow-target after one peer = %v", got)
 	}
 	liqo.Create(ctx, t, dyn, liqo.Configuration("liqo-tenant-cl03", "cl03", "cl03-id",
-		liqo.CIDRs{External: "10.70.0.0/16"}, &liqo.CIDRs{External: "10.82.0.0/16"}))
+		liqo.CIDRs{External: []string{"10.70.0.0/16"}}, &liqo.CIDRs{External: []string{"10.82.0.0/16"}}))
 	if _, errOut, err := runApiproxy(t, kc, "install", "--relay"); err != nil {
 		t.Fatalf("install --relay: %v\n%s", err, errOut)
 	}

@@ -144,7 +144,7 @@ func TestInstallWhoMayTunnel(t *testing.T) {
 
 	// 3. A new peering, then re-running install: both follow.
 	fixtures.Create(ctx, t, dyn, fixtures.Configuration("liqo-tenant-cl03", "cl03", "cl03-id",
-		fixtures.CIDRs{Pod: "10.60.0.0/16", External: "10.70.0.0/16"}, &fixtures.CIDRs{Pod: "10.92.0.0/16", External: "10.82.0.0/16"}))
+		fixtures.CIDRs{Pod: []string{"10.60.0.0/16"}, External: []string{"10.70.0.0/16"}}, &fixtures.CIDRs{Pod: []string{"10.92.0.0/16"}, External: []string{"10.82.0.0/16"}}))
 	if _, errOut, err := runApiproxy(t, kc, secure...); err != nil {
 		t.Fatalf("install after a new peering: %v\n%s", err, errOut)
 	}
