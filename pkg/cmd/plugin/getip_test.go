@@ -407,6 +407,16 @@ func testGetIP(t *testing.T, w *getIPWorld) {
 			if err != nil || out != tc.final+"\n" || !strings.Contains(errOut, "Warning:") || !strings.Contains(errOut, "--ignore-liqo-conditions") {
 				t.Errorf("--ignore-liqo-conditions: stdout %q, stderr %q, err %v; want %s and a warning", out, errOut, err, tc.final)
 			}
+			// connect applies the same rule. With --proxy-token it never dials the proxy to print
+			// the kubeconfig: no traffic leaves this machine.
+			connectArgs := []string{"--context", "cl02", "connect", "--remote", "cl01", "--local-cluster-id", tc.id, "--print-kubeconfig", "--proxy-token", "t"}
+			if out, _, err := w.run(t, connectArgs...); err == nil || !strings.Contains(err.Error(), tc.says[0]) || out != "" {
+				t.Errorf("connect: err %v, stdout %q; want the same error as get-ip", err, out)
+			}
+			out, errOut, err = w.run(t, append(connectArgs, "--ignore-liqo-conditions")...)
+			if err != nil || !strings.Contains(out, "@"+tc.final+":8118\n") || !strings.Contains(errOut, "Warning:") {
+				t.Errorf("connect --ignore-liqo-conditions: err %v, stderr %q; want a kubeconfig with proxy-url to %s:8118 (got it: %v)", err, errOut, tc.final, strings.Contains(out, tc.final))
+			}
 		})
 	}
 
