@@ -103,7 +103,7 @@ func TestResolveSeedExample(t *testing.T) {
 
 func TestResolveIPMappingsShape(t *testing.T) {
 	mappings := fixtures.IP("liqo", "api-server-proxy", "10.95.245.141",
-		fixtures.LegacyRCIPMappingsStatus(map[string]string{consumerID: "10.70.0.2", "other-cluster": "10.70.9.9"}))
+		fixtures.LegacyV100RC1to2IPMappingsStatus(map[string]string{consumerID: "10.70.0.2", "other-cluster": "10.70.9.9"}))
 	provider := fakeCluster("cl02", true, mappings, fixtures.ClusterIDConfigMap("liqo", providerID))
 
 	t.Run("consumer ID from its ConfigMap", func(t *testing.T) {
@@ -139,7 +139,7 @@ func TestResolveIPMappingsShape(t *testing.T) {
 		}
 	})
 	t.Run("single entry, no ID known: used with a warning", func(t *testing.T) {
-		single := fixtures.IP("liqo", "api-server-proxy", "10.95.245.141", fixtures.LegacyRCIPMappingsStatus(map[string]string{"wild-frog": "10.70.0.2"}))
+		single := fixtures.IP("liqo", "api-server-proxy", "10.95.245.141", fixtures.LegacyV100RC1to2IPMappingsStatus(map[string]string{"wild-frog": "10.70.0.2"}))
 		res, err := resolve(t, fakeCluster("cl02", true, single), nil, func(r *Request) { r.RemoteCIDR = "10.81.0.0/16" })
 		if err != nil {
 			t.Fatal(err)

@@ -134,8 +134,8 @@ func grantOnly(t *testing.T, c *harness.Cluster, ns, user string, rules ...rbacv
 func startLegacyGetIPWorld(t *testing.T) *getIPWorld {
 	t.Helper()
 	cs := harness.StartClusters(t,
-		harness.Options{Name: "cl01", CRDs: fixtures.LegacyRCCRDs()},
-		harness.Options{Name: "cl02", CRDs: fixtures.LegacyRCCRDs()},
+		harness.Options{Name: "cl01", CRDs: fixtures.LegacyV100RC1to3CRDs()},
+		harness.Options{Name: "cl02", CRDs: fixtures.LegacyV100RC1to3CRDs()},
 	)
 	w := &getIPWorld{cl01: cs[0], cl02: cs[1], cl01Kubeconfig: cs[0].Kubeconfig}
 	w.kubeconfig = harness.WriteMergedKubeconfig(t, w.cl01, w.cl02)
@@ -144,9 +144,9 @@ func startLegacyGetIPWorld(t *testing.T) *getIPWorld {
 	fixtures.Create(ctx, t, provider, fixtures.ClusterIDConfigMap("liqo", getIPProviderID))
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "api-server-proxy", "10.95.245.141", fixtures.IPStatus("10.70.0.3", "10.70.0.0/16")))
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "mappings", "10.95.245.142",
-		fixtures.LegacyRCIPMappingsStatus(map[string]string{getIPConsumerID: "10.70.0.2", "other-cluster": "10.70.9.9"})))
+		fixtures.LegacyV100RC1to2IPMappingsStatus(map[string]string{getIPConsumerID: "10.70.0.2", "other-cluster": "10.70.9.9"})))
 	// The seed's `kubectl get ip` line: one entry, for a cluster ID nobody passes.
-	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "single", "10.95.245.141", fixtures.LegacyRCIPMappingsStatus(map[string]string{"wild-frog": "10.70.0.2"})))
+	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "single", "10.95.245.141", fixtures.LegacyV100RC1to2IPMappingsStatus(map[string]string{"wild-frog": "10.70.0.2"})))
 	fixtures.Create(ctx, t, provider, fixtures.IP("liqo", "v6", "fd00:96::1", fixtures.IPStatus("fd00:70::3", "fd00:70::/64")))
 
 	fixtures.Create(ctx, t, consumer, fixtures.ClusterIDConfigMap("liqo", getIPConsumerID))
@@ -360,7 +360,7 @@ func testGetIP(t *testing.T, w *getIPWorld) {
 		if _, err := fixtures.CreateObject(ctx, dyn, fixtures.IP("liqo", "v6", "fd00:96::1", nil)); err == nil {
 			t.Error("an IPv6 IP object was accepted")
 		}
-		got, err := fixtures.CreateObject(ctx, dyn, fixtures.IP("liqo", "mappings", "10.95.245.142", fixtures.LegacyRCIPMappingsStatus(map[string]string{"x": "10.70.0.2"})))
+		got, err := fixtures.CreateObject(ctx, dyn, fixtures.IP("liqo", "mappings", "10.95.245.142", fixtures.LegacyV100RC1to2IPMappingsStatus(map[string]string{"x": "10.70.0.2"})))
 		if err != nil {
 			t.Fatal(err)
 		}
