@@ -219,7 +219,7 @@ func waitIPStatus(ctx context.Context, c *Client, o Options, name string, log io
 		return ip != "", nil
 	})
 	if err != nil {
-		return got, fmt.Errorf("Liqo has not remapped the replaced IP %s/%s within %s (no status.ip): is Liqo's IPAM running? %w", o.LiqoNamespace, name, o.IPWait, err)
+		return got, fmt.Errorf("the replaced IP %s/%s has not been remapped by Liqo within %s (no status.ip): is Liqo's IPAM running? %w", o.LiqoNamespace, name, o.IPWait, err)
 	}
 	ip, _, _ := unstructured.NestedString(got.Object, "status", "ip")
 	fmt.Fprintf(log, "Liqo remapped IP %s/%s to %s\n", o.LiqoNamespace, name, ip)
