@@ -11,6 +11,10 @@
 #   containerd, containerd-shim-runc-v2, ctr               from Debian packages, see .ci/run)
 #   registry                                -> --node-dir  (the CNCF distribution registry the real node
 #                                                           pulls the agent image from)
+#   Liqo's CRDs (LIQO_VERSIONS)             -> the Go module cache: `go mod download` of github.com/liqotech/liqo
+#                                              at each version, nothing built; the tests find them with
+#                                              the same command (test/fixtures/liqo), Liqo is no go.mod
+#                                              dependency
 #
 # Each group has its own "already built" check, so adding a tool never rebuilds the others.
 #
@@ -27,6 +31,8 @@ CONTAINERD_VERSION=2.2.9
 # Keep in step with hack/tools/registry/go.mod and hack/tools/krew/go.mod.
 REGISTRY_VERSION=3.1.2
 KREW_VERSION=0.4.3
+# The Liqo releases whose CRDs the tests run on; keep in step with test/fixtures/liqo.Versions.
+LIQO_VERSIONS="v1.2.0 v1.0.0"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/apiproxy
 OUT=${APIPROXY_ASSETS_DIR:-$CACHE/k8s-$K8S_VERSION-etcd-$ETCD_VERSION}
@@ -82,6 +88,15 @@ if [[ "${1:-}" != "--node-only" ]] && ! all_there "$OUT" "${KREW_BINS[@]}"; then
     done
   )
   for b in "${KREW_BINS[@]}"; do mv "$OUT/$b.tmp" "$OUT/$b"; done
+fi
+
+# Liqo's CRDs: a download into the Go module cache (a no-op when there), outside this repository's
+# module so that neither go.mod nor GOFLAGS matter.
+if [[ "${1:-}" != "--node-only" ]]; then
+  for v in $LIQO_VERSIONS; do
+    (cd "${TMPDIR:-/tmp}" && GOFLAGS= GOWORK=off GO111MODULE=on go mod download github.com/liqotech/liqo@"$v") ||
+      { echo "downloading Liqo $v's CRDs (go mod download github.com/liqotech/liqo@$v) failed" >&2; exit 1; }
+  done
 fi
 
 NODE_BINS=(kubelet kube-controller-manager kube-scheduler kube-proxy containerd containerd-shim-runc-v2 ctr)

@@ -33,7 +33,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -278,7 +277,11 @@ func upRealNode(td *harness.Teardown, sig <-chan os.Signal, dir, assets, nodeAss
 		err error
 	}
 	ch := make(chan started, 1)
-	crds := []*apiextensionsv1.CustomResourceDefinition{liqo.IPCRD(), liqo.ConfigurationCRD()}
+	// Liqo's own CRDs of the current release, from the Go module cache (hack/test-assets.sh).
+	crds, err := liqo.CRDs(liqo.V1_2_0)
+	if err != nil {
+		return err
+	}
 	go func() {
 		c, err := harness.StartWith(td, assets, harness.Options{Name: "cl01", CRDs: crds})
 		ch <- started{c, err}
@@ -344,7 +347,11 @@ func writeImage(dir, ref string, spec imagebuild.Spec) (string, error) {
 // default ServiceAccount (the demo pod lists pods with it).
 func peer(cl01 *rest.Config, cl02 *realnode.Cluster) error {
 	ctx := context.Background()
-	if _, err := envtest.InstallCRDs(cl02.Config, envtest.CRDInstallOptions{CRDs: []*apiextensionsv1.CustomResourceDefinition{liqo.IPCRD(), liqo.ConfigurationCRD()}}); err != nil {
+	crds, err := liqo.CRDs(liqo.V1_2_0)
+	if err != nil {
+		return err
+	}
+	if _, err := envtest.InstallCRDs(cl02.Config, envtest.CRDInstallOptions{CRDs: crds}); err != nil {
 		return fmt.Errorf("Liqo CRDs in cl02: %w", err)
 	}
 	d01, err := dynamic.NewForConfig(cl01)
@@ -364,9 +371,10 @@ func peer(cl01 *rest.Config, cl02 *realnode.Cluster) error {
 			return fmt.Errorf("cluster-ID ConfigMap in %s: %w", c.where, err)
 		}
 	}
-	conf := liqo.Configuration("liqo", "cl02", providerID,
+	conf := liqo.NetworkCIDRsConfigured(liqo.Configuration("liqo", "cl02", providerID,
 		liqo.CIDRs{Pod: []string{cl02.PodCIDR}, External: []string{cl02.ServiceCIDR}},
-		&liqo.CIDRs{Pod: []string{cl02.PodCIDR}, External: []string{cl02.ServiceCIDR}})
+		&liqo.CIDRs{Pod: []string{cl02.PodCIDR}, External: []string{cl02.ServiceCIDR}}),
+		"True", "CIDRsRemapped", 1, time.Now())
 	if _, err := liqo.CreateObject(ctx, d01, conf); err != nil {
 		return fmt.Errorf("Configuration in cl01: %w", err)
 	}

@@ -155,7 +155,7 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 		}
 		applied = append(applied, got)
 		if got.GetKind() == "Service" && got.GetName() == proxyServiceName {
-			proxyClusterIP, _, _ = unstructured.NestedString(got.Object, "spec", "clusterIP")
+			proxyClusterIP = serviceIPv4(got.Object)
 		}
 	}
 	if err := pruneSecurity(ctx, c, o, dryRun, log); err != nil {

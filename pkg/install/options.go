@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -104,6 +105,9 @@ type Options struct {
 	// AllowNodeIPOverlap turns the refusal of a --node-ip inside a service or pod CIDR into a warning.
 	AllowNodeIPOverlap bool
 	CreateIP           CreateIP
+	// IPWait, when positive (install --wait: --timeout), is how long install waits for Liqo to
+	// remap an IP object it had to replace (liqo.go); zero does not wait.
+	IPWait time.Duration
 	// Relay makes this cluster's proxy a relay to its Liqo peers' proxies (connect --via): the peers'
 	// remapped external CIDRs, read from the Configurations at install time, become AllowTargets.
 	Relay bool

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -66,11 +67,13 @@ func remapThroughConfiguration(ctx context.Context, req Request, res *Result) er
 		return err
 	}
 	res.SpecCIDRs, res.StatusCIDRs = &spec.raw, &status.raw
+	// Liqo's own rule (liqoctl) before the CIDRs: a Configuration whose condition says the CIDRs are
+	// not final gives an address that may change under the user.
+	if err := checkCondition(cfg, what, req, res); err != nil {
+		return staged(StageCondition, err)
+	}
 	if len(status.pod)+len(status.external) == 0 {
 		return fail(ErrStatusNotSet, "%s has no status.remote.cidr yet: Liqo has not configured the peering's network (condition NetworkCIDRsConfigured); wait and retry", what)
-	}
-	if msg := notReady(cfg); msg != "" {
-		res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %s", what, msg))
 	}
 
 	ip := res.RemappedIP
@@ -182,20 +185,76 @@ func readCIDRs(obj *unstructured.Unstructured, what, section string) (parsedCIDR
 	return out, nil
 }
 
-// notReady describes a NetworkCIDRsConfigured condition that is present and not True (newer Liqo
-// versions set it once the CIDRs are final); "" otherwise.
-func notReady(obj *unstructured.Unstructured) string {
-	conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
+// ConditionType is the Configuration condition Liqo (v1.2.0 and later) sets once the peering's
+// CIDRs are final.
+const ConditionType = "NetworkCIDRsConfigured"
+
+// Condition is the NetworkCIDRsConfigured condition of the Configuration used, as found.
+type Condition struct {
+	Status             string `json:"status"`
+	Reason             string `json:"reason,omitempty"`
+	Message            string `json:"message,omitempty"`
+	ObservedGeneration int64  `json:"observedGeneration"`
+	// Generation is the Configuration's metadata.generation: the condition is stale when
+	// ObservedGeneration differs.
+	Generation         int64     `json:"generation"`
+	LastTransitionTime time.Time `json:"lastTransitionTime,omitzero"`
+	// Ready is Liqo's rule: Status True and ObservedGeneration == Generation.
+	Ready bool `json:"ready"`
+	// Ignored says the condition failed the rule and --ignore-liqo-conditions went on anyway.
+	Ignored bool `json:"ignored,omitempty"`
+}
+
+// checkCondition applies liqoctl's rule to cfg: with a NetworkCIDRsConfigured condition, the
+// Configuration is used only when it is True and observed at the current generation. Without the
+// condition (Liqo before v1.2.0 never writes it) the Configuration is used as before.
+func checkCondition(cfg *unstructured.Unstructured, what string, req Request, res *Result) error {
+	conds, _, _ := unstructured.NestedSlice(cfg.Object, "status", "conditions")
 	for _, c := range conds {
 		m, ok := c.(map[string]any)
-		if !ok || m["type"] != "NetworkCIDRsConfigured" {
+		if !ok || m["type"] != ConditionType {
 			continue
 		}
-		if m["status"] != "True" {
-			return fmt.Sprintf("condition NetworkCIDRsConfigured is %v (%v): the CIDRs may still change", m["status"], m["message"])
+		cond := &Condition{Generation: cfg.GetGeneration()}
+		cond.Status, _ = m["status"].(string)
+		cond.Reason, _ = m["reason"].(string)
+		cond.Message, _ = m["message"].(string)
+		cond.ObservedGeneration, _, _ = unstructured.NestedInt64(m, "observedGeneration")
+		if ts, _ := m["lastTransitionTime"].(string); ts != "" {
+			cond.LastTransitionTime, _ = time.Parse(time.RFC3339, ts)
 		}
+		cond.Ready = cond.Status == "True" && cond.ObservedGeneration == cond.Generation
+		res.Condition = cond
+		if cond.Ready {
+			return nil
+		}
+		problem := describeCondition(cond, req.now())
+		if req.IgnoreConditions {
+			cond.Ignored = true
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s: %s; going on because of --ignore-liqo-conditions: the CIDRs, and so the address, may still change", what, problem))
+			return nil
+		}
+		return fail(ErrNotReady, "%s is not ready: %s; Liqo itself does not use it yet (\"configuration not remapped yet\"): wait for Liqo's network controllers and retry, or pass --ignore-liqo-conditions to go on anyway", what, problem)
 	}
-	return ""
+	return nil
+}
+
+// describeCondition says why cond fails the rule: its status, reason and age, and staleness.
+func describeCondition(cond *Condition, now time.Time) string {
+	s := fmt.Sprintf("condition %s is %s", ConditionType, cond.Status)
+	if cond.Reason != "" {
+		s += " (reason " + cond.Reason + ")"
+	}
+	if !cond.LastTransitionTime.IsZero() {
+		s += " since " + now.Sub(cond.LastTransitionTime).Truncate(time.Second).String()
+	}
+	if cond.ObservedGeneration != cond.Generation {
+		s += fmt.Sprintf(", observed at generation %d but the Configuration is at generation %d (stale)", cond.ObservedGeneration, cond.Generation)
+	}
+	if cond.Message != "" {
+		s += ": " + cond.Message
+	}
+	return s
 }
 
 // remapError explains a failed remap; the kind stays the remap package's sentinel for errors.Is.

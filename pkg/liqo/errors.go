@@ -20,6 +20,8 @@ var (
 	ErrNoConfiguration = errors.New("no configuration for the cluster ID")
 	// ErrSeveralConfigurations: more than one Configuration for the provider's cluster ID.
 	ErrSeveralConfigurations = errors.New("several configurations for the cluster ID")
+	// ErrNotReady: the Configuration's NetworkCIDRsConfigured condition is not True, or stale.
+	ErrNotReady = errors.New("configuration not ready")
 	// ErrInvalidValue: an address or CIDR that does not parse, or a field of an unexpected type.
 	ErrInvalidValue = errors.New("invalid value")
 	// ErrSeveralIPs: more than one IP object of kubectl apiproxy, and no --name to pick one.

@@ -142,10 +142,16 @@ func chooseIP(ctx context.Context, req Request, res *Result) (*unstructured.Unst
 				return nil, nsErr
 			}
 		}
-		if err != nil && !apierrors.IsNotFound(err) {
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsForbidden(err) {
 			return nil, fmt.Errorf("listing the IP objects labelled %s in namespace %s of %s: %w", OwnSelector, req.Namespace, p.Name, err)
 		}
 		switch {
+		case apierrors.IsForbidden(err):
+			// RBAC's resourceNames can grant get on one IP object but never list: such a user still
+			// gets the default name's answer, told that kubectl apiproxy's own IP object was not looked for.
+			name, by = DefaultName, "default name: listing IP objects is forbidden"
+			res.Warnings = append(res.Warnings, fmt.Sprintf("you may not list IP objects in namespace %s of %s, so kubectl apiproxy's own IP object (labelled %s) was not looked for: using the default name %s; pass --name to pick another",
+				req.Namespace, p.Name, OwnSelector, DefaultName))
 		case err == nil && len(list.Items) == 1:
 			name, by = list.Items[0].GetName(), "label "+OwnSelector
 		case err == nil && len(list.Items) > 1:

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
@@ -96,6 +97,18 @@ type Request struct {
 	// RemoteCIDR, when set, is the CIDR the consumer sees the provider's external CIDR as (the
 	// Configuration's status.remote.cidr.external): the consumer is then not read at all.
 	RemoteCIDR string
+	// IgnoreConditions uses a Configuration whose NetworkCIDRsConfigured condition is not True or is
+	// stale, with a warning (flag --ignore-liqo-conditions); by default that is an error.
+	IgnoreConditions bool
+	// Now is the clock for the condition's age in messages (time.Now when nil).
+	Now func() time.Time
+}
+
+func (r Request) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
 }
 
 // Result is the computation, step by step. Addresses are netip values (text in JSON and YAML);
@@ -130,7 +143,10 @@ type Result struct {
 	Configuration *ObjectRef `json:"configuration,omitempty"`
 	SpecCIDRs     *CIDRs     `json:"specCIDRs,omitempty"`
 	StatusCIDRs   *CIDRs     `json:"statusCIDRs,omitempty"`
-	RemoteCIDR    string     `json:"remoteCIDR,omitempty"`
+	// Condition is the Configuration's NetworkCIDRsConfigured condition; nil when it has none
+	// (Liqo before v1.2.0) or no Configuration was read.
+	Condition  *Condition `json:"networkCIDRsConfigured,omitempty"`
+	RemoteCIDR string     `json:"remoteCIDR,omitempty"`
 
 	// From and To are the CIDRs the remap used ("pod" or "external" says which pair); all zero when
 	// the remapped IP lay outside every CIDR and was kept unchanged.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -102,7 +103,7 @@ func TestResolveSeedExample(t *testing.T) {
 
 func TestResolveIPMappingsShape(t *testing.T) {
 	mappings := fixtures.IP("liqo", "api-server-proxy", "10.95.245.141",
-		fixtures.IPMappingsStatus(map[string]string{consumerID: "10.70.0.2", "other-cluster": "10.70.9.9"}))
+		fixtures.LegacyV100RC1to2IPMappingsStatus(map[string]string{consumerID: "10.70.0.2", "other-cluster": "10.70.9.9"}))
 	provider := fakeCluster("cl02", true, mappings, fixtures.ClusterIDConfigMap("liqo", providerID))
 
 	t.Run("consumer ID from its ConfigMap", func(t *testing.T) {
@@ -138,7 +139,7 @@ func TestResolveIPMappingsShape(t *testing.T) {
 		}
 	})
 	t.Run("single entry, no ID known: used with a warning", func(t *testing.T) {
-		single := fixtures.IP("liqo", "api-server-proxy", "10.95.245.141", fixtures.IPMappingsStatus(map[string]string{"wild-frog": "10.70.0.2"}))
+		single := fixtures.IP("liqo", "api-server-proxy", "10.95.245.141", fixtures.LegacyV100RC1to2IPMappingsStatus(map[string]string{"wild-frog": "10.70.0.2"}))
 		res, err := resolve(t, fakeCluster("cl02", true, single), nil, func(r *Request) { r.RemoteCIDR = "10.81.0.0/16" })
 		if err != nil {
 			t.Fatal(err)
@@ -193,12 +194,20 @@ func TestResolveRemaps(t *testing.T) {
 			warning: "UNCHANGED",
 		},
 		{
-			name:    "condition not ready: warning",
+			name:      "condition not ready, ignored: warning",
+			ip:        seedIP,
+			cfg:       withCondition(seedConfiguration("10.70.0.0/16", "10.81.0.0/16"), "False", 1),
+			want:      "10.81.0.3",
+			matched:   "external",
+			warning:   "NetworkCIDRsConfigured is False (reason Remapping)",
+			mutateReq: func(r *Request) { r.IgnoreConditions = true },
+		},
+		{
+			name:    "condition True at the current generation: no word",
 			ip:      seedIP,
-			cfg:     withCondition(seedConfiguration("10.70.0.0/16", "10.81.0.0/16"), "False"),
+			cfg:     withCondition(seedConfiguration("10.70.0.0/16", "10.81.0.0/16"), "True", 1),
 			want:    "10.81.0.3",
 			matched: "external",
-			warning: "NetworkCIDRsConfigured is False",
 		},
 		{
 			name:      "provider ID from the flag",
@@ -230,10 +239,61 @@ func TestResolveRemaps(t *testing.T) {
 	}
 }
 
-func withCondition(u *unstructured.Unstructured, status string) *unstructured.Unstructured {
-	u = u.DeepCopy()
-	_ = unstructured.SetNestedSlice(u.Object, []any{map[string]any{"type": "NetworkCIDRsConfigured", "status": status, "message": "in progress"}}, "status", "conditions")
+// withCondition is u at generation 1 with a NetworkCIDRsConfigured condition observed at
+// observedGeneration, changed an hour before testNow.
+func withCondition(u *unstructured.Unstructured, status string, observedGeneration int64) *unstructured.Unstructured {
+	u = fixtures.NetworkCIDRsConfigured(u.DeepCopy(), status, "Remapping", observedGeneration, testNow.Add(-time.Hour))
+	u.SetGeneration(1)
 	return u
+}
+
+var testNow = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// Liqo's readiness rule: a condition not True, or observed at another generation, stops the
+// resolution with an error naming the Configuration, the condition's status, reason and age, and
+// the flag; no condition (Liqo before v1.2.0) is no obstacle.
+func TestResolveCondition(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  *unstructured.Unstructured
+		says []string // empty: success
+	}{
+		{"False", withCondition(seedConfiguration("10.70.0.0/16", "10.81.0.0/16"), "False", 1),
+			[]string{"Configuration liqo-tenant-cl02/cl02 in cl01 is not ready", "NetworkCIDRsConfigured is False", "reason Remapping", "since 1h0m0s", "--ignore-liqo-conditions"}},
+		{"Unknown", withCondition(seedConfiguration("10.70.0.0/16", "10.81.0.0/16"), "Unknown", 1),
+			[]string{"NetworkCIDRsConfigured is Unknown", "--ignore-liqo-conditions"}},
+		{"True but stale", withCondition(seedConfiguration("10.70.0.0/16", "10.81.0.0/16"), "True", 0),
+			[]string{"NetworkCIDRsConfigured is True", "observed at generation 0 but the Configuration is at generation 1 (stale)", "--ignore-liqo-conditions"}},
+		{"False before the status is set", withCondition(fixtures.Configuration("t", "c", providerID, fixtures.CIDRs{External: []string{"10.70.0.0/16"}}, nil), "False", 1),
+			[]string{"not ready", "NetworkCIDRsConfigured is False"}},
+		{"no condition (Liqo before v1.2.0)", seedConfiguration("10.70.0.0/16", "10.81.0.0/16"), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			provider := fakeCluster("cl02", true, seedIP, fixtures.ClusterIDConfigMap("liqo", providerID))
+			consumer := fakeCluster("cl01", true, tc.cfg)
+			res, err := resolve(t, provider, consumer, func(r *Request) { r.Now = func() time.Time { return testNow } })
+			if len(tc.says) == 0 {
+				if err != nil || res.FinalIP.String() != "10.81.0.3" || res.Condition != nil || len(res.Warnings) != 0 {
+					t.Fatalf("err %v, result %+v; want 10.81.0.3 without a word", err, res)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("no error; final %s", res.FinalIP)
+			}
+			if !errors.Is(err, ErrNotReady) || StageOf(err) != StageCondition {
+				t.Errorf("error %v: kind/stage %s, want ErrNotReady in stage %s", err, StageOf(err), StageCondition)
+			}
+			for _, s := range tc.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q, want it to say %q", err, s)
+				}
+			}
+			if res.Condition == nil || res.Condition.Ready {
+				t.Errorf("result condition %+v, want it recorded as not ready", res.Condition)
+			}
+		})
+	}
 }
 
 func TestResolveRemoteCIDR(t *testing.T) {

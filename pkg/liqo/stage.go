@@ -20,6 +20,8 @@ const (
 	StageIP Stage = "ip"
 	// StageConfiguration: the consumer's Configuration for the provider, with its status set.
 	StageConfiguration Stage = "configuration"
+	// StageCondition: the Configuration's NetworkCIDRsConfigured condition (Liqo v1.2.0 and later).
+	StageCondition Stage = "condition"
 	// StageAddress: the remap into the consumer's CIDR.
 	StageAddress Stage = "address"
 )

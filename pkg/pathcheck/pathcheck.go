@@ -87,6 +87,7 @@ const (
 	HopLiqo          = string(liqo.StageLiqo)
 	HopIP            = string(liqo.StageIP)
 	HopConfiguration = string(liqo.StageConfiguration)
+	HopCondition     = string(liqo.StageCondition)
 	HopAddress       = string(liqo.StageAddress)
 	HopRelay         = "relay"
 )
@@ -108,7 +109,7 @@ func Run(ctx context.Context, in Input) *Report {
 	if proxyURL == "" {
 		proxyURL = addressHops(ctx, in, r, add)
 	} else {
-		for _, h := range []string{HopLiqo, HopIP, HopConfiguration} {
+		for _, h := range []string{HopLiqo, HopIP, HopConfiguration, HopCondition} {
 			add(Hop{Hop: h, Status: Skip, Detail: "--proxy-url given"})
 		}
 		add(Hop{Hop: HopAddress, Status: OK, Object: proxyURL, Detail: "given with --proxy-url"})
@@ -168,7 +169,7 @@ func addressHops(ctx context.Context, in Input, r *Report, add func(Hop)) string
 	}
 	if err != nil {
 		add(Hop{Hop: HopLiqo, Status: Fail, Object: liqoObj, Detail: err.Error(), Fix: fixFor(err)})
-		for _, h := range []string{HopIP, HopConfiguration, HopAddress} {
+		for _, h := range []string{HopIP, HopConfiguration, HopCondition, HopAddress} {
 			add(Hop{Hop: h})
 		}
 		return ""
@@ -180,7 +181,7 @@ func addressHops(ctx context.Context, in Input, r *Report, add func(Hop)) string
 	if err != nil && stage == "" {
 		stage = liqo.StageIP
 	}
-	order := []liqo.Stage{liqo.StageIP, liqo.StageConfiguration, liqo.StageAddress}
+	order := []liqo.Stage{liqo.StageIP, liqo.StageConfiguration, liqo.StageCondition, liqo.StageAddress}
 	for _, st := range order {
 		h := Hop{Hop: string(st)}
 		switch {
@@ -188,6 +189,8 @@ func addressHops(ctx context.Context, in Input, r *Report, add func(Hop)) string
 			h.Status, h.Object, h.Detail, h.Fix = Fail, objectOf(st, res, in), err.Error(), fixFor(err)
 		case err != nil && stageIndex(st) > stageIndex(stage):
 			// not tried
+		case st == liqo.StageCondition && in.Request.RemoteCIDR != "":
+			h.Status, h.Detail = Skip, "consumer not read: remapped external CIDR given"
 		default:
 			h.Status, h.Object, h.Detail = OK, objectOf(st, res, in), detailOf(st, res)
 		}
@@ -200,7 +203,7 @@ func addressHops(ctx context.Context, in Input, r *Report, add func(Hop)) string
 }
 
 func stageIndex(s liqo.Stage) int {
-	return map[liqo.Stage]int{liqo.StageLiqo: 0, liqo.StageIP: 1, liqo.StageConfiguration: 2, liqo.StageAddress: 3}[s]
+	return map[liqo.Stage]int{liqo.StageLiqo: 0, liqo.StageIP: 1, liqo.StageConfiguration: 2, liqo.StageCondition: 3, liqo.StageAddress: 4}[s]
 }
 
 func objectOf(st liqo.Stage, res *liqo.Result, in Input) string {
@@ -223,6 +226,10 @@ func objectOf(st liqo.Stage, res *liqo.Result, in Input) string {
 		if in.Request.Consumer != nil {
 			return fmt.Sprintf("Configuration labelled %s=%s in %s", liqo.RemoteClusterIDLabel, res.ProviderClusterID, in.Request.Consumer.Name)
 		}
+	case liqo.StageCondition:
+		if res.Configuration != nil {
+			return fmt.Sprintf("condition %s of Configuration %s in %s", liqo.ConditionType, res.Configuration, res.Consumer)
+		}
 	case liqo.StageAddress:
 		if res.ProxyURL != "" {
 			return res.ProxyURL
@@ -240,14 +247,21 @@ func detailOf(st liqo.Stage, res *liqo.Result) string {
 		if res.Configuration == nil {
 			return "consumer not read: remapped external CIDR given"
 		}
-		d := "remapped external CIDR " + res.RemappedExternalCIDR()
-		ready := "condition NetworkCIDRsConfigured not set or True"
-		for _, w := range res.Warnings {
-			if strings.Contains(w, "NetworkCIDRsConfigured") {
-				ready = "WARNING: " + w
+		return "remapped external CIDR " + res.RemappedExternalCIDR()
+	case liqo.StageCondition:
+		switch c := res.Condition; {
+		case c == nil:
+			return "no " + liqo.ConditionType + " condition (Liqo before v1.2.0 sets none): the CIDRs are used as they are"
+		case c.Ignored:
+			for _, w := range res.Warnings {
+				if strings.Contains(w, liqo.ConditionType) {
+					return "WARNING: " + w
+				}
 			}
+			return "WARNING: not ready, ignored (--ignore-liqo-conditions)"
+		default:
+			return fmt.Sprintf("True, observed at the current generation %d", c.Generation)
 		}
-		return d + "; " + ready
 	case liqo.StageAddress:
 		if res.Matched == "" {
 			return fmt.Sprintf("%s kept unchanged (outside every CIDR)", res.FinalIP)
@@ -271,6 +285,8 @@ func fixFor(err error) string {
 		return "pick one with --name"
 	case errors.Is(err, liqo.ErrStatusNotSet):
 		return "Liqo has not finished: wait for its IPAM and network controllers, then retry"
+	case errors.Is(err, liqo.ErrNotReady):
+		return "wait for Liqo's network controllers to configure the peering's CIDRs, or pass --ignore-liqo-conditions to go on anyway"
 	case errors.Is(err, liqo.ErrNoConfiguration):
 		return "peer the clusters with Liqo (or check --local-cluster-id), or give --remote-cidr"
 	case errors.Is(err, liqo.ErrSeveralConfigurations):

@@ -42,7 +42,7 @@ func TestRunStopsAtTheFailingHop(t *testing.T) {
 	if r.OK {
 		t.Fatalf("report OK with a 407: %+v", r.Hops)
 	}
-	want := map[string]Status{"liqo": Skip, "ip": Skip, "configuration": Skip, "address": OK, "tcp": OK, "connect": Fail, "tls": Skip, "readyz": Skip, "access": Skip}
+	want := map[string]Status{"liqo": Skip, "ip": Skip, "configuration": Skip, "condition": Skip, "address": OK, "tcp": OK, "connect": Fail, "tls": Skip, "readyz": Skip, "access": Skip}
 	if len(r.Hops) != len(want) {
 		t.Fatalf("%d hops: %+v", len(r.Hops), r.Hops)
 	}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,10 +23,16 @@ import (
 
 // TestCheck runs `kubectl apiproxy check` on the seed's scenario (a real agent proxy between two
 // real API servers): every hop OK, then each hop broken in turn, where the failing hop must be the
-// one named, with its fix, and the exit status non-zero.
+// one named, with its fix, and the exit status non-zero. Once per pinned Liqo release's CRDs.
 func TestCheck(t *testing.T) {
+	for _, v := range liqo.Versions {
+		t.Run("liqo-"+v, func(t *testing.T) { testCheck(t, v) })
+	}
+}
+
+func testCheck(t *testing.T, version string) {
 	assets := harness.AssetsDir(t)
-	sc, err := scenario.Up(t, assets, scenario.Options{AgentBinary: agentBin(t), Dir: t.TempDir()})
+	sc, err := scenario.Up(t, assets, scenario.Options{AgentBinary: agentBin(t), Dir: t.TempDir(), LiqoVersion: version})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +54,7 @@ func TestCheck(t *testing.T) {
 		}
 		return lines
 	}
-	hopOrder := []string{"liqo", "ip", "configuration", "address", "tcp", "connect", "tls", "readyz", "access"}
+	hopOrder := []string{"liqo", "ip", "configuration", "condition", "address", "tcp", "connect", "tls", "readyz", "access"}
 	// broken asserts a non-zero exit, hop FAIL with every want in its line, the earlier hops OK
 	// and the later ones SKIP.
 	broken := func(t *testing.T, r result, hop string, want ...string) {
@@ -96,7 +103,8 @@ func TestCheck(t *testing.T) {
 			}
 		}
 		for h, w := range map[string]string{"ip": "IP liqo/api-server-proxy in cl02", "address": "http://" + s.ProxyAddr,
-			"tcp": s.ProxyAddr, "configuration": "Configuration liqo/cl02 in cl01"} {
+			"tcp": s.ProxyAddr, "configuration": "Configuration liqo/cl02 in cl01", "condition": map[string]string{
+				liqo.V1_2_0: "True, observed at the current generation 1", liqo.V1_0_0: "no NetworkCIDRsConfigured condition (Liqo before v1.2.0"}[version]} {
 			if !strings.Contains(lines[h], w) {
 				t.Errorf("hop %s: %q lacks %q", h, lines[h], w)
 			}
@@ -132,6 +140,26 @@ func TestCheck(t *testing.T) {
 		broken(t, r, "configuration", "no status.remote.cidr yet", "wait")
 		liqo.Delete(ctx, t, cl01, pending)
 		liqo.Create(ctx, t, cl01, conf)
+	})
+	t.Run("NetworkCIDRsConfigured False", func(t *testing.T) {
+		// Liqo v1.2.0 is still remapping the peering: liqoctl would wait. v1.0.0's CRD has no
+		// conditions: the condition is dropped, and the Configuration used as it is.
+		liqo.Delete(ctx, t, cl01, conf)
+		remapping := liqo.NetworkCIDRsConfigured(conf.DeepCopy(), "False", "Remapping", 1, time.Now().Add(-time.Minute))
+		liqo.Create(ctx, t, cl01, remapping)
+		defer func() { liqo.Delete(ctx, t, cl01, remapping); liqo.Create(ctx, t, cl01, conf) }()
+		r := s.plugin(t, check...)
+		if version == liqo.V1_0_0 {
+			if line := hopLines(t, r.stdout)["condition"]; r.err != nil || !strings.HasPrefix(line, "OK") || !strings.Contains(line, "no NetworkCIDRsConfigured condition") {
+				t.Errorf("Liqo v1.0.0: %v, condition hop %q\n%s", r.err, line, r.stdout)
+			}
+			return
+		}
+		broken(t, r, "condition", "Configuration liqo/cl02 in cl01 is not ready", "NetworkCIDRsConfigured is False (reason Remapping)", "--ignore-liqo-conditions")
+		r = s.plugin(t, append(check, "--ignore-liqo-conditions")...)
+		if line := hopLines(t, r.stdout)["condition"]; r.err != nil || !strings.HasPrefix(line, "OK") || !strings.Contains(line, "WARNING") {
+			t.Errorf("--ignore-liqo-conditions: %v, condition hop %q\n%s", r.err, line, r.stdout)
+		}
 	})
 	t.Run("IP status not yet set", func(t *testing.T) {
 		liqo.Create(ctx, t, cl02, liqo.IP("liqo", "pending", "10.0.0.11", nil))

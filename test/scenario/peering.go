@@ -3,6 +3,7 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
@@ -47,9 +48,12 @@ func Peer(ctx context.Context, provider, consumer *rest.Config, p Peering) error
 	if _, err := liqo.CreateObject(ctx, prov, ip); err != nil {
 		return fmt.Errorf("IP in cl02: %w", err)
 	}
-	conf := liqo.Configuration(liqoNamespace, "cl02", ProviderClusterID,
+	// Liqo v1.2.0 and later mark the CIDRs final with this condition, at the created generation 1;
+	// the CRDs of earlier releases have no conditions and drop it.
+	conf := liqo.NetworkCIDRsConfigured(liqo.Configuration(liqoNamespace, "cl02", ProviderClusterID,
 		liqo.CIDRs{Pod: []string{"127.90.0.0/16"}, External: []string{p.ProviderExternalCIDR}},
-		&liqo.CIDRs{Pod: []string{"127.91.0.0/16"}, External: []string{p.ConsumerRemappedCIDR}})
+		&liqo.CIDRs{Pod: []string{"127.91.0.0/16"}, External: []string{p.ConsumerRemappedCIDR}}),
+		"True", "CIDRsRemapped", 1, time.Now())
 	if _, err := liqo.CreateObject(ctx, cons, conf); err != nil {
 		return fmt.Errorf("Configuration in cl01: %w", err)
 	}

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -57,6 +56,9 @@ type Options struct {
 	// ExtraArgs are extra kube-apiserver flags per cluster name ("cl01", "cl02"), e.g. a node
 	// stand-in's (test/harness/nodestandin).
 	ExtraArgs map[string]map[string][]string
+	// LiqoVersion picks the release whose CRDs (IP, Configuration) both clusters serve
+	// (liqo.Versions; default the current one, liqo.V1_2_0).
+	LiqoVersion string
 }
 
 // Scenario is the running setup.
@@ -74,7 +76,13 @@ type Scenario struct {
 // stopped through c (t.Cleanup in tests, a harness.Teardown in the demo).
 func Up(c harness.Cleaner, assets string, opts Options) (*Scenario, error) {
 	ctx := context.Background()
-	crds := []*apiextensionsv1.CustomResourceDefinition{liqo.IPCRD(), liqo.ConfigurationCRD()}
+	if opts.LiqoVersion == "" {
+		opts.LiqoVersion = liqo.V1_2_0
+	}
+	crds, err := liqo.CRDs(opts.LiqoVersion)
+	if err != nil {
+		return nil, err
+	}
 	type started struct {
 		c   *harness.Cluster
 		err error

@@ -51,6 +51,8 @@ with OK or FAIL, the object or address involved, and a fix:
   liqo           Liqo's CRDs served in both clusters, both cluster IDs known
   ip             the proxy's IP object in the provider (ours first, as get-ip) and its remapped status
   configuration  the consumer's Configuration for the provider: status set, remapped external CIDR
+  condition      its NetworkCIDRsConfigured condition (Liqo v1.2.0+): True at the current generation,
+                 as liqoctl requires (--ignore-liqo-conditions goes on with a warning); none: as is
   address        the computed proxy address
   tcp            a TCP connection to it           (with --via: relay, a port-forward through that
   connect        the proxy's answer to a CONNECT   cluster to its proxy pod, which CONNECTs on);

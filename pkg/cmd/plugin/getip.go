@@ -41,6 +41,9 @@ type ProxyAddressOptions struct {
 	ProxyPort       int
 	// RemoteCIDR skips reading the consumer: the CIDR it sees the provider's external CIDR as.
 	RemoteCIDR string
+	// IgnoreLiqoConditions uses a Configuration whose NetworkCIDRsConfigured condition is not True
+	// or stale, with a warning, where Liqo itself would wait.
+	IgnoreLiqoConditions bool
 }
 
 // NewProxyAddressOptions returns the options with Liqo's defaults.
@@ -57,6 +60,7 @@ func (o *ProxyAddressOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.LiqoNamespace, "liqo-namespace", o.LiqoNamespace, "Namespace of Liqo, in both clusters")
 	fs.StringVar(&o.Name, "name", o.Name, "Name of the IP object of the proxy in the Liqo namespace (default: the one kubectl apiproxy install created, labelled "+liqo.OwnSelector+", else "+liqo.DefaultName+", Liqo's own proxy)")
 	fs.IntVar(&o.ProxyPort, "proxy-port", o.ProxyPort, "Port the proxy listens on")
+	fs.BoolVar(&o.IgnoreLiqoConditions, "ignore-liqo-conditions", o.IgnoreLiqoConditions, "Use the consumer's Configuration even when its "+liqo.ConditionType+" condition (Liqo v1.2.0+) is not True or is stale, with a warning; by default that is an error, as in liqoctl")
 	fs.StringVar(&o.RemoteCIDR, "remote-cidr", o.RemoteCIDR, "CIDR the consumer sees the provider's external CIDR as (its Configuration's status.remote.cidr.external); skips reading the consumer")
 }
 
@@ -98,6 +102,7 @@ func (o *ProxyAddressOptions) Request(configFlags *genericclioptions.ConfigFlags
 		ProviderClusterID: o.LocalClusterID,
 		ConsumerClusterID: o.RemoteClusterID,
 		RemoteCIDR:        o.RemoteCIDR,
+		IgnoreConditions:  o.IgnoreLiqoConditions,
 	}
 	if o.RemoteCIDR == "" {
 		name, cfg, err := o.ConsumerConfig(configFlags)

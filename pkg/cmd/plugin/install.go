@@ -149,6 +149,10 @@ func (o *InstallOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.wait {
+		// An IP object replaced for a new ClusterIP is waited for too: Liqo must remap it again.
+		o.IPWait = o.timeout
+	}
 	objs, err := install.Install(ctx, c, o.Options, o.dryRun, o.ErrOut)
 	suffix := "serverside-applied"
 	if o.dryRun == install.DryRunServer {

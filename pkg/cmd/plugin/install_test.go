@@ -414,7 +414,7 @@ func testStatusAndWait(t *testing.T, w *installWorld) {
 func testLiqoIP(t *testing.T, w *installWorld) {
 	kc := w.cluster.Kubeconfig
 	ctx := context.Background()
-	w.cluster.InstallCRDs(t, liqo.IPCRD())
+	w.cluster.InstallCRDs(t, liqo.MustIPCRD(t, liqo.V1_2_0))
 	cs := w.cluster.Clientset(t)
 
 	// The CRD without its namespace: auto explains and skips.
@@ -605,7 +605,7 @@ func testWebhookMutates(t *testing.T, w *installWorld) {
 func testRelay(t *testing.T, w *installWorld) {
 	kc := w.cluster.Kubeconfig
 	ctx := context.Background()
-	w.cluster.InstallCRDs(t, liqo.ConfigurationCRD())
+	w.cluster.InstallCRDs(t, liqo.MustConfigurationCRD(t, liqo.V1_2_0))
 	dyn := w.cluster.Dynamic(t)
 	allowTargets := func() []string {
 		t.Helper()
@@ -638,7 +638,7 @@ func testRelay(t *testing.T, w *installWorld) {
 		t.Fatalf("--allow-target after one peer = %v", got)
 	}
 	liqo.Create(ctx, t, dyn, liqo.Configuration("liqo-tenant-cl03", "cl03", "cl03-id",
-		liqo.CIDRs{External: "10.70.0.0/16"}, &liqo.CIDRs{External: "10.82.0.0/16"}))
+		liqo.CIDRs{External: []string{"10.70.0.0/16"}}, &liqo.CIDRs{External: []string{"10.82.0.0/16"}}))
 	if _, errOut, err := runApiproxy(t, kc, "install", "--relay"); err != nil {
 		t.Fatalf("install --relay: %v\n%s", err, errOut)
 	}

@@ -87,10 +87,10 @@ func TestInstallWhoMayTunnel(t *testing.T) {
 	}
 
 	// 2. Liqo peers: a peer (remapped pod 10.91.0.0/16, external 10.81.0.0/16), a node with a pod CIDR.
-	cl.InstallCRDs(t, fixtures.ConfigurationCRD())
+	cl.InstallCRDs(t, fixtures.MustConfigurationCRD(t, fixtures.V1_2_0))
 	dyn := cl.Dynamic(t)
 	fixtures.Create(ctx, t, dyn, fixtures.Configuration("liqo-tenant-cl01", "cl01", "cl01-id",
-		fixtures.CIDRs{Pod: "10.60.0.0/16", External: "10.70.0.0/16"}, &fixtures.CIDRs{Pod: "10.91.0.0/16", External: "10.81.0.0/16"}))
+		fixtures.CIDRs{Pod: []string{"10.60.0.0/16"}, External: []string{"10.70.0.0/16"}}, &fixtures.CIDRs{Pod: []string{"10.91.0.0/16"}, External: []string{"10.81.0.0/16"}}))
 	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.0.0/24"}, PodCIDR: "10.244.0.0/24"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestInstallWhoMayTunnel(t *testing.T) {
 
 	// 3. A new peering, then re-running install: both follow.
 	fixtures.Create(ctx, t, dyn, fixtures.Configuration("liqo-tenant-cl03", "cl03", "cl03-id",
-		fixtures.CIDRs{Pod: "10.60.0.0/16", External: "10.70.0.0/16"}, &fixtures.CIDRs{Pod: "10.92.0.0/16", External: "10.82.0.0/16"}))
+		fixtures.CIDRs{Pod: []string{"10.60.0.0/16"}, External: []string{"10.70.0.0/16"}}, &fixtures.CIDRs{Pod: []string{"10.92.0.0/16"}, External: []string{"10.82.0.0/16"}}))
 	if _, errOut, err := runApiproxy(t, kc, secure...); err != nil {
 		t.Fatalf("install after a new peering: %v\n%s", err, errOut)
 	}

@@ -25,7 +25,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
@@ -283,14 +282,14 @@ func viaSetUp(t *testing.T) *viaEnv {
 	c.DumpLogsOnFailure(t)
 	ref := pushAgent(t, c)
 	crds := harness.Cluster{Name: "cl01", Config: c.Config}
-	crds.InstallCRDs(t, liqo.IPCRD(), liqo.ConfigurationCRD())
+	crds.InstallCRDs(t, liqo.MustCRDs(t, liqo.V1_2_0)...)
 
 	dir := t.TempDir()
 	n2, err := nodestandin.New(t, "cl02-node", filepath.Join(dir, "n2"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl02 := harness.Start(t, harness.Options{Name: "cl02", CRDs: []*apiextensionsv1.CustomResourceDefinition{liqo.IPCRD(), liqo.ConfigurationCRD()}, ExtraArgs: n2.APIServerArgs()})
+	cl02 := harness.Start(t, harness.Options{Name: "cl02", CRDs: liqo.MustCRDs(t, liqo.V1_2_0), ExtraArgs: n2.APIServerArgs()})
 	if err := n2.Register(ctx, cl02.Config); err != nil {
 		t.Fatal(err)
 	}
