@@ -116,8 +116,8 @@ type Options struct {
 
 	// NetworkPolicy, AllowSources, MetricsNamespaceSelector and Auth are the "who may tunnel"
 	// flags (security.go).
-	NetworkPolicy            NetworkPolicyMode
-	AllowSources             []string
+	NetworkPolicy NetworkPolicyMode
+	AllowSources  []string
 	// ClusterPodCIDRs (--cluster-pod-cidr) are this cluster's pod ranges as the CNI allocates them,
 	// for the proxy's --allow-source when the NetworkPolicy admits "this namespace": without them,
 	// install reads Node .spec.podCIDRs, which CNIs with their own IPAM do not follow.
