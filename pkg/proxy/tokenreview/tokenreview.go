@@ -62,6 +62,10 @@ type Options struct {
 	// KnownTokenTTL is how long a token found valid counts as known (default 1h). Known tokens are
 	// remembered only as keyed hashes.
 	KnownTokenTTL time.Duration
+	// ReviewTimeout bounds one TokenReview (default 10s, the proxy's default auth timeout): the
+	// token cache runs reviews on a context of its own with a 30 s timeout, which would keep an
+	// unseen-token slot long after the CONNECT gave up.
+	ReviewTimeout time.Duration
 	// Registerer receives the review metrics (nil: not registered).
 	Registerer prometheus.Registerer
 }
@@ -99,6 +103,9 @@ func New(client kubernetes.Interface, opts Options) (*Authenticator, error) {
 	if opts.KnownTokenTTL <= 0 {
 		opts.KnownTokenTTL = time.Hour
 	}
+	if opts.ReviewTimeout <= 0 {
+		opts.ReviewTimeout = 10 * time.Second
+	}
 	if opts.UnseenClient == nil {
 		opts.UnseenClient = client
 	}
@@ -107,7 +114,7 @@ func New(client kubernetes.Interface, opts Options) (*Authenticator, error) {
 		return nil, fmt.Errorf("token review metrics: %w", err)
 	}
 	logger := capVerbosity(klog.Background().WithName("tokenreview"), maxClientVerbosity)
-	r := &reviewer{client: client, unseenClient: opts.UnseenClient, logger: logger, m: m,
+	r := &reviewer{client: client, unseenClient: opts.UnseenClient, logger: logger, m: m, timeout: opts.ReviewTimeout,
 		unseenSlots: make(chan struct{}, opts.MaxUnseenReviews),
 		known:       cache.NewLRUExpireCache(4096), knownTTL: opts.KnownTokenTTL, hashKey: newHashKey()}
 	return &Authenticator{
@@ -255,6 +262,7 @@ type reviewer struct {
 	client, unseenClient kubernetes.Interface
 	logger               logr.Logger
 	m                    *reviewMetrics
+	timeout              time.Duration
 	unseenSlots          chan struct{}
 	// known holds keyed hashes of the tokens found valid within knownTTL: their re-reviews don't
 	// queue behind, nor spend the budget of, tokens no one has seen valid.
@@ -266,6 +274,8 @@ type reviewer struct {
 func (r *reviewer) AuthenticateToken(ctx context.Context, token string) (*authenticator.Response, bool, error) {
 	// The token cache calls us on a context of its own: the capped logger goes on it here.
 	ctx = logr.NewContext(ctx, r.logger)
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
 	key := r.hash(token)
 	client := r.client
 	if _, known := r.known.Get(key); !known {
