@@ -55,6 +55,7 @@ demo-down: ## stop what `make demo` started, by PID, and clean the real node up
 FUZZTIME ?= 1m
 # Every fuzz target as package:Target; `go test` always runs their corpus (testdata/fuzz).
 FUZZ_TARGETS := pkg/proxy:FuzzParseConnectRequest pkg/proxy:FuzzParseAuthority pkg/proxy:FuzzAllowListMatch \
+	pkg/proxy:FuzzLogsNeverShowHeaderText \
 	pkg/webhook:FuzzWebhookPatch pkg/webhook:FuzzHandleReview pkg/remap:FuzzRemap
 
 fuzz: ## run every fuzz target for FUZZTIME each (default 1m; CI runs them for 10s each)

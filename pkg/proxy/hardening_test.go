@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -444,4 +445,95 @@ func TestAuditRecordPerTunnel(t *testing.T) {
 	if got := testutil.ToFloat64(tp.m.auth.WithLabelValues(AuthAllowed)); got != 1 {
 		t.Fatalf("auth allowed counter %v", got)
 	}
+}
+
+// gatedAuth lets the token "good" through at once and holds every other token's review until the
+// review's context ends, like a TokenReview the API server does not answer.
+type gatedAuth struct{ held atomic.Int32 }
+
+func (g *gatedAuth) Authenticate(ctx context.Context, req *ConnectRequest) (*Identity, error) {
+	if req.Header.Get("Proxy-Authorization") == "Bearer good" {
+		return &Identity{User: "good"}, nil
+	}
+	g.held.Add(1)
+	defer g.held.Add(-1)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (*gatedAuth) Challenges() []string { return nil }
+
+func authHead(authority, token string) string {
+	return "CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority + "\r\nProxy-Authorization: Bearer " + token + "\r\n\r\n"
+}
+
+// Issue 24 item 1: clients whose reviews hang don't hold tunnel slots, so with every slot's worth
+// of made-up tokens pending (and more), a client with a valid token still gets its tunnel.
+func TestPendingReviewsHoldNoTunnelSlot(t *testing.T) {
+	up := echoServer(t, "tcp", "127.0.0.1:0")
+	auth := &gatedAuth{}
+	tp := startProxy(t, Config{Upstream: up, MaxTunnels: 2, Auth: auth, AuthTimeout: time.Minute})
+	const flood = 6
+	for i := 0; i < flood; i++ {
+		c, err := net.Dial("tcp", tp.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, authHead("kubernetes.default.svc:443", "made-up-"+string(rune('a'+i))))
+	}
+	for deadline := time.Now().Add(5 * time.Second); auth.held.Load() != flood; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d made-up-token reviews pending, the others refused: pending reviews hold tunnel slots", auth.held.Load(), flood)
+		}
+	}
+	c, br, resp := connect(t, tp.addr, authHead("kubernetes.default.svc:443", "good"))
+	if resp.StatusCode != 200 {
+		t.Fatalf("valid token with %d reviews pending and --max-tunnels 2: %s, want 200", flood, resp.Status)
+	}
+	assertEchoed(t, c, br, "through")
+	if n := auth.held.Load(); n != flood {
+		t.Fatalf("%d reviews pending, want %d still", n, flood)
+	}
+}
+
+// Issue 24 item 4: a shutdown whose grace period runs out cancels the reviews and dials still
+// pending (their own timeouts are far longer), closes their connections and returns within the
+// grace period and a second.
+func TestForcedShutdownCancelsReviewsAndDials(t *testing.T) {
+	auth := &gatedAuth{}
+	d := &recordingDialer{block: make(chan struct{})}
+	tp := startProxy(t, Config{Upstream: "127.0.0.1:6443", Dialer: d, Auth: auth,
+		AuthTimeout: time.Minute, DialTimeout: time.Minute})
+	review, err := net.Dial("tcp", tp.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer review.Close()
+	io.WriteString(review, authHead("kubernetes.default.svc:443", "made-up"))
+	dial, err := net.Dial("tcp", tp.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dial.Close()
+	io.WriteString(dial, authHead("kubernetes.default.svc:443", "good"))
+	waitFor(t, func() bool { return auth.held.Load() == 1 && len(d.addrs()) == 1 })
+
+	const grace = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	start := time.Now()
+	err = tp.Shutdown(ctx)
+	if took := time.Since(start); took > grace+time.Second {
+		t.Fatalf("Shutdown took %s with a %s grace period, want at most a second more", took, grace)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v, want the grace period to run out", err)
+	}
+	for name, c := range map[string]net.Conn{"pending review": review, "pending dial": dial} {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.ReadAll(c); isTimeout(err) {
+			t.Errorf("%s: connection still open after Shutdown", name)
+		}
+	}
+	waitFor(t, func() bool { return total(tp, KindConnect, ResultDrained) == 2 })
 }

@@ -98,6 +98,11 @@ type Server struct {
 	// upstream is what readiness knows about dialing the upstream (upstream.go).
 	upstream upstreamHealth
 
+	// ctx bounds every review and dial; Shutdown cancels it when the grace period ends, so nothing
+	// a connection waits for outlives --shutdown-grace.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]io.Closer // what Shutdown closes: the conn, then its tunnel
@@ -137,6 +142,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, m: m, listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]io.Closer{},
 		idPrefix: newIDPrefix(), refusedLog: sometimes{interval: 10 * time.Second}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var base tunnel.ContextDialer = &net.Dialer{KeepAlive: cfg.KeepAlive}
 	if cfg.Dialer != nil {
 		base = cfg.Dialer
@@ -271,7 +277,10 @@ func (s *Server) Ready() error {
 }
 
 // Shutdown stops accepting at once, then waits for the open connections to finish until ctx is
-// done; those still open then are closed. It returns ctx's error when it had to cut connections.
+// done. Then the reviews and dials still running are cancelled and the remaining connections
+// closed; Shutdown returns at most shutdownStraggle later, so a forced shutdown ends within the
+// grace period and a moment (the caller still has time to flush its logs before a SIGKILL). It
+// returns ctx's error when it had to cut connections.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
@@ -289,17 +298,31 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.cancel()
 		return nil
 	case <-ctx.Done():
 	}
+	s.cancel()
 	s.mu.Lock()
 	for _, c := range s.conns {
 		c.Close()
 	}
 	s.mu.Unlock()
-	<-done
+	// Handlers return at once now: their review or dial is cancelled and their connection closed.
+	// One blocked elsewhere (an Authenticator that ignores its context) is not waited for.
+	t := time.NewTimer(shutdownStraggle)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.cfg.Logger.Info("shutdown: connections still busy after the grace period, not waiting for them")
+	}
 	return ctx.Err()
 }
+
+// shutdownStraggle is how long Shutdown waits, after the grace period, for the handlers it
+// interrupted.
+const shutdownStraggle = 500 * time.Millisecond
 
 // Active is the number of tunnels dialing or relaying.
 func (s *Server) Active() int { return int(s.tunnels.Load()) }
@@ -550,6 +573,15 @@ func (s *Server) handleConnect(c net.Conn) {
 		s.reject(c, tl.status, "the proxy is shutting down")
 		return
 	}
+	// Authenticate before taking a tunnel slot: a review can take up to --auth-timeout, and clients
+	// without a valid token must not hold the slots that clients with one need (the reviews of
+	// unseen tokens are bounded by the Authenticator itself).
+	if s.cfg.Auth != nil {
+		if !s.authenticate(c, req, tl) {
+			release()
+			return
+		}
+	}
 	if !s.acquire() {
 		release()
 		tl.result, tl.status = ResultOverCapacity, http.StatusServiceUnavailable
@@ -557,13 +589,6 @@ func (s *Server) handleConnect(c net.Conn) {
 		return
 	}
 	acquired = true
-
-	if s.cfg.Auth != nil {
-		if !s.authenticate(c, req, tl) {
-			release()
-			return
-		}
-	}
 
 	target := s.cfg.Upstream
 	if t, ok := s.cfg.Allow.Match(req.Host, req.Port); ok {
@@ -577,6 +602,9 @@ func (s *Server) handleConnect(c net.Conn) {
 		tl.result = ResultDialRefused
 		if status == http.StatusGatewayTimeout {
 			tl.result = ResultDialTimeout
+		}
+		if s.ctx.Err() != nil {
+			tl.result = ResultDrained // cut by the end of the grace period
 		}
 		// The client learns the status, never the address or errno: those would map what lies
 		// behind the proxy. The details are in the log line and the metrics.
@@ -613,7 +641,7 @@ func (s *Server) handleConnect(c net.Conn) {
 
 // authenticate runs --auth for req and answers a refusal itself; it reports whether to go on.
 func (s *Server) authenticate(c net.Conn, req *ConnectRequest, tl *tunnelLog) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.AuthTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.AuthTimeout)
 	defer cancel()
 	id, err := s.cfg.Auth.Authenticate(ctx, req)
 	if err == nil {
@@ -635,6 +663,10 @@ func (s *Server) authenticate(c net.Conn, req *ConnectRequest, tl *tunnelLog) bo
 		tl.identity = ae.Identity
 		tl.auth, tl.result, tl.status = AuthForbidden, ResultForbidden, ae.Status
 		s.reject(c, ae.Status, "not allowed to open this tunnel")
+	case s.ctx.Err() != nil:
+		// Cut by the end of the grace period: the connection is already closed.
+		tl.auth, tl.result, tl.status = AuthUnavailable, ResultDrained, http.StatusServiceUnavailable
+		c.Close()
 	default:
 		tl.auth, tl.result, tl.status = AuthUnavailable, ResultAuthUnavailable, http.StatusServiceUnavailable
 		s.reject(c, tl.status, "authentication is unavailable, try again later")
@@ -724,7 +756,7 @@ func (s *Server) progress(toUpstream bool, n int64) {
 
 // dial connects to target, and says which status a failure maps to (see dialStatus).
 func (s *Server) dial(target string) (net.Conn, int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	defer cancel()
 	start := time.Now()
 	c, err := s.dialer.DialContext(ctx, "tcp", target)

@@ -97,12 +97,12 @@ func (l *logLines) all() []string {
 	return append([]string(nil), l.lines...)
 }
 
-func startProxy(t *testing.T, cfg Config) *testProxy {
+func startProxy(t testing.TB, cfg Config) *testProxy {
 	t.Helper()
 	return startProxyOn(t, "127.0.0.1:0", cfg)
 }
 
-func startProxyOn(t *testing.T, listen string, cfg Config) *testProxy {
+func startProxyOn(t testing.TB, listen string, cfg Config) *testProxy {
 	t.Helper()
 	tp := &testProxy{reg: prometheus.NewRegistry(), logs: &logLines{}}
 	cfg.Registerer = tp.reg
@@ -130,7 +130,7 @@ func startProxyOn(t *testing.T, listen string, cfg Config) *testProxy {
 	return tp
 }
 
-func waitFor(t *testing.T, cond func() bool) {
+func waitFor(t testing.TB, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {

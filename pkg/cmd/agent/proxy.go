@@ -8,11 +8,13 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -52,8 +54,11 @@ type proxyOptions struct {
 	Auth                         string
 	Kubeconfig                   string
 	AuditLog                     string
-	HealthSocket                 string
-	HandoffDir                   string
+	// MaxUnseenReviews and UnseenReviewQPS bound the TokenReviews of tokens not seen valid lately.
+	MaxUnseenReviews int
+	UnseenReviewQPS  float32
+	HealthSocket     string
+	HandoffDir       string
 
 	// getenv reads KUBERNETES_SERVICE_*; tests replace it.
 	getenv  func(string) string
@@ -61,6 +66,8 @@ type proxyOptions struct {
 	sources *proxy.SourceList
 	// out receives the audit records of --audit-log -.
 	out io.Writer
+	// vmodule is klog's --vmodule as parsed ("pattern=N,...").
+	vmodule string
 }
 
 // --auth modes.
@@ -100,6 +107,9 @@ listeners carry no credentials, so --auth does not apply to them: restrict them 
 			if err := o.Complete(); err != nil {
 				return err
 			}
+			if f := cmd.Flags().Lookup("vmodule"); f != nil {
+				o.vmodule = f.Value.String()
+			}
 			if err := o.Validate(); err != nil {
 				return err
 			}
@@ -131,6 +141,8 @@ listeners carry no credentials, so --auth does not apply to them: restrict them 
 	f.StringArrayVar(&o.AllowSources, "allow-source", nil, "only accept clients from this CIDR, on every listener (repeatable; default: everyone)")
 	f.StringVar(&o.Auth, "auth", authNone, "CONNECT authentication: none, or tokenreview (Proxy-Authorization token checked by TokenReview + SubjectAccessReview)")
 	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server that reviews tokens for --auth tokenreview (default: in-cluster)")
+	f.IntVar(&o.MaxUnseenReviews, "max-unseen-reviews", 16, "--auth tokenreview: TokenReviews in flight at once for tokens not found valid within the last hour; a CONNECT with such a token beyond that is answered 503 at once (tokens found valid lately, and their tunnels, are not affected)")
+	f.Float32Var(&o.UnseenReviewQPS, "unseen-review-qps", 20, "--auth tokenreview: client-side rate limit of the TokenReviews of tokens not found valid lately (burst twice that), apart from the budget of known tokens and SubjectAccessReviews (50/s)")
 	f.StringVar(&o.AuditLog, "audit-log", "", `write one JSON record per tunnel to this file, or "-" for stdout`)
 	return cmd
 }
@@ -203,9 +215,20 @@ func (o *proxyOptions) Validate() error {
 			return errors.New("--kubeconfig is only used by --auth tokenreview")
 		}
 	case authTokenReview:
+		// client-go logs request bodies from level 8 on: the TokenReviews' bodies are tokens. The
+		// review client's logger is capped below 8 anyway (tokenreview.New); refusing says so
+		// instead of silently ignoring the setting.
 		if klog.V(8).Enabled() {
-			// client-go logs request bodies from -v 8 on: the TokenReviews' bodies are tokens.
 			return errors.New("--auth tokenreview refuses -v 8 and above: client-go would log the tokens under review")
+		}
+		if spec := vmoduleAtLeast(o.vmodule, 8); spec != "" {
+			return fmt.Errorf("--auth tokenreview refuses --vmodule levels of 8 and above (%q): client-go would log the tokens under review", spec)
+		}
+		if o.MaxUnseenReviews < 1 {
+			return fmt.Errorf("invalid --max-unseen-reviews %d: must be >= 1", o.MaxUnseenReviews)
+		}
+		if !(o.UnseenReviewQPS > 0) {
+			return fmt.Errorf("invalid --unseen-review-qps %v: must be > 0", o.UnseenReviewQPS)
 		}
 		if o.Listen == "" {
 			return errors.New("--auth tokenreview needs a CONNECT listener (--listen): transparent --listen-tcp listeners carry no credentials; use --allow-source for them")
@@ -250,7 +273,7 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		Logger: logger, AccessLog: accessLog, Registerer: hs.Registry,
 	}
 	if o.Auth == authTokenReview {
-		a, err := o.tokenReviewer()
+		a, err := o.tokenReviewer(hs.Registry)
 		if err != nil {
 			return err
 		}
@@ -343,6 +366,18 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 	return nil
 }
 
+// vmoduleAtLeast returns the first entry of a --vmodule spec ("pattern=N,...") with a level of at
+// least level, or "". Any pattern counts: a glob can match client-go's files.
+func vmoduleAtLeast(spec string, level int) string {
+	for _, entry := range strings.Split(spec, ",") {
+		_, v, ok := strings.Cut(entry, "=")
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); ok && err == nil && n >= level {
+			return entry
+		}
+	}
+	return ""
+}
+
 // authMode is what --auth means on one listener: transparent listeners can't authenticate.
 func authMode(auth string, tcp bool) string {
 	if tcp {
@@ -351,8 +386,10 @@ func authMode(auth string, tcp bool) string {
 	return auth
 }
 
-// tokenReviewer builds --auth tokenreview's client: --kubeconfig, else the pod's service account.
-func (o *proxyOptions) tokenReviewer() (*tokenreview.Authenticator, error) {
+// tokenReviewer builds --auth tokenreview's clients: --kubeconfig, else the pod's service account.
+// Tokens not seen valid lately are reviewed with a client of their own, so a flood of made-up
+// tokens spends its own rate limit, not the one that known tokens and the SubjectAccessReviews use.
+func (o *proxyOptions) tokenReviewer(reg prometheus.Registerer) (*tokenreview.Authenticator, error) {
 	var rc *rest.Config
 	var err error
 	if o.Kubeconfig != "" {
@@ -369,7 +406,13 @@ func (o *proxyOptions) tokenReviewer() (*tokenreview.Authenticator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--auth tokenreview client: %w", err)
 	}
-	return tokenreview.New(cs, tokenreview.Options{}), nil
+	unseen := rest.CopyConfig(rc)
+	unseen.QPS, unseen.Burst = o.UnseenReviewQPS, max(1, int(2*o.UnseenReviewQPS))
+	ucs, err := kubernetes.NewForConfig(unseen)
+	if err != nil {
+		return nil, fmt.Errorf("--auth tokenreview client: %w", err)
+	}
+	return tokenreview.New(cs, tokenreview.Options{UnseenClient: ucs, MaxUnseenReviews: o.MaxUnseenReviews, Registerer: reg})
 }
 
 // upstreamProxyAuthorization reads --upstream-proxy-credentials-file for each upstream CONNECT (nil

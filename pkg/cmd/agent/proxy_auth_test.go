@@ -140,9 +140,10 @@ func TestProxyAuthTokenReview(t *testing.T) {
 
 	// Metrics by outcome, no user names in them.
 	body := getBody(t, "http://"+metrics+"/metrics")
-	for _, want := range []string{`apiproxy_proxy_auth_total{outcome="unauthenticated"} 2`, `apiproxy_proxy_auth_total{outcome="forbidden"}`, `apiproxy_proxy_auth_total{outcome="allowed"}`} {
+	for _, want := range []string{`apiproxy_proxy_auth_total{outcome="unauthenticated"} 2`, `apiproxy_proxy_auth_total{outcome="forbidden"}`, `apiproxy_proxy_auth_total{outcome="allowed"}`,
+		`apiproxy_proxy_token_reviews_refused_total 0`, `apiproxy_proxy_token_reviews_in_flight{token="unseen"} 0`} {
 		if !strings.Contains(body, want) {
-			t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "apiproxy_proxy_auth"))
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "apiproxy_proxy_"))
 		}
 	}
 	if strings.Contains(body, sa) {

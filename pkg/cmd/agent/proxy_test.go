@@ -46,6 +46,8 @@ func TestProxyFlagErrors(t *testing.T) {
 		"--auth tokenreview needs a CONNECT listener":       {"--upstream", "127.0.0.1:1", "--auth", "tokenreview", "--listen", "", "--listen-tcp", "127.0.0.1:1"},
 		"outside a cluster, pass --kubeconfig":              {"--upstream", "127.0.0.1:1", "--auth", "tokenreview", "--listen", "127.0.0.1:0"},
 		"--audit-log":                                       {"--upstream", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--audit-log", "/nonexistent-dir/audit.jsonl"},
+		"invalid --max-unseen-reviews 0":                    {"--upstream", "127.0.0.1:1", "--auth", "tokenreview", "--max-unseen-reviews", "0"},
+		"invalid --unseen-review-qps 0":                     {"--upstream", "127.0.0.1:1", "--auth", "tokenreview", "--unseen-review-qps", "0"},
 	}
 	for want, args := range cases {
 		var out, errOut bytes.Buffer
@@ -65,10 +67,22 @@ func TestProxyAuthRefusesVerbosityThatLogsTokens(t *testing.T) {
 		root.SetArgs(append([]string{"proxy", "--metrics-addr", "", "--upstream", "127.0.0.1:1"}, args...))
 		return root.Execute()
 	}
-	t.Cleanup(func() { _ = run("-v", "0", "--max-tunnels", "-1") }) // klog's verbosity is global
+	t.Cleanup(func() { _ = run("-v", "0", "--vmodule", "", "--max-tunnels", "-1") }) // klog's verbosity is global
 	err := run("-v", "8", "--auth", "tokenreview")
 	if err == nil || !strings.Contains(err.Error(), "refuses -v 8") {
 		t.Fatalf("got %v", err)
+	}
+	// Issue 24 item 3: a per-file level reaches client-go's request.go without raising -v.
+	for _, spec := range []string{"request=8", "proxy=2,req*=9"} {
+		err = run("-v", "2", "--vmodule", spec, "--auth", "tokenreview")
+		if err == nil || !strings.Contains(err.Error(), "refuses --vmodule levels of 8") {
+			t.Fatalf("--vmodule %s: got %v, want a refusal", spec, err)
+		}
+	}
+	// Below 8 is fine (the command then fails later, for want of an in-cluster config).
+	err = run("--vmodule", "request=7", "--auth", "tokenreview")
+	if err == nil || strings.Contains(err.Error(), "vmodule") {
+		t.Fatalf("--vmodule request=7: got %v, want no refusal for it", err)
 	}
 }
 

@@ -7,6 +7,9 @@ package tokenreview
 
 import (
 	"context"
+	"crypto/hmac"
+	crand "crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -15,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +28,7 @@ import (
 	tokencache "k8s.io/apiserver/pkg/authentication/token/cache"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 
 	"github.com/apiproxy/apiproxy/pkg/proxy"
 )
@@ -36,7 +42,7 @@ const (
 	Resource = "tunnels"
 )
 
-// Options tune the caches. Zero values take the defaults.
+// Options tune the caches and the review budget. Zero values take the defaults.
 type Options struct {
 	// TokenTTL is how long a TokenReview's answer is reused (default 10s, as the API server caches
 	// webhook tokens); InvalidTokenTTL the same for rejected tokens (default 5s).
@@ -44,6 +50,24 @@ type Options struct {
 	// AllowedTTL and DeniedTTL are how long a SubjectAccessReview's answer is reused (defaults 10s
 	// and 5s), so that a revoked binding takes effect within that time.
 	AllowedTTL, DeniedTTL time.Duration
+	// MaxUnseenReviews caps the TokenReviews in flight for tokens not found valid within
+	// KnownTokenTTL (default 16); a CONNECT with such a token beyond the cap is refused at once
+	// (503) instead of waiting, so made-up tokens cost a bounded number of requests and
+	// goroutines, and tokens already known valid are reviewed on their own lane.
+	MaxUnseenReviews int
+	// UnseenClient, when set, makes the TokenReviews of unseen tokens, so that they spend their
+	// own client-side rate limit and not that of client (used for known tokens and the
+	// SubjectAccessReviews).
+	UnseenClient kubernetes.Interface
+	// KnownTokenTTL is how long a token found valid counts as known (default 1h). Known tokens are
+	// remembered only as keyed hashes.
+	KnownTokenTTL time.Duration
+	// ReviewTimeout bounds one TokenReview (default 10s, the proxy's default auth timeout): the
+	// token cache runs reviews on a context of its own with a 30 s timeout, which would keep an
+	// unseen-token slot long after the CONNECT gave up.
+	ReviewTimeout time.Duration
+	// Registerer receives the review metrics (nil: not registered).
+	Registerer prometheus.Registerer
 }
 
 // Authenticator implements proxy.Authenticator with TokenReview and SubjectAccessReview.
@@ -52,12 +76,15 @@ type Authenticator struct {
 	client    kubernetes.Interface
 	decisions *cache.LRUExpireCache
 	opts      Options
+	// logger is what client-go logs the reviews with: capped below the level at which it logs
+	// request bodies, the tokens under review.
+	logger logr.Logger
 }
 
 var _ proxy.Authenticator = (*Authenticator)(nil)
 
 // New reviews tokens and access with client (the proxy's own API server).
-func New(client kubernetes.Interface, opts Options) *Authenticator {
+func New(client kubernetes.Interface, opts Options) (*Authenticator, error) {
 	if opts.TokenTTL <= 0 {
 		opts.TokenTTL = 10 * time.Second
 	}
@@ -70,13 +97,35 @@ func New(client kubernetes.Interface, opts Options) *Authenticator {
 	if opts.DeniedTTL <= 0 {
 		opts.DeniedTTL = 5 * time.Second
 	}
+	if opts.MaxUnseenReviews <= 0 {
+		opts.MaxUnseenReviews = 16
+	}
+	if opts.KnownTokenTTL <= 0 {
+		opts.KnownTokenTTL = time.Hour
+	}
+	if opts.ReviewTimeout <= 0 {
+		opts.ReviewTimeout = 10 * time.Second
+	}
+	if opts.UnseenClient == nil {
+		opts.UnseenClient = client
+	}
+	m, err := newReviewMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("token review metrics: %w", err)
+	}
+	logger := capVerbosity(klog.Background().WithName("tokenreview"), maxClientVerbosity)
+	r := &reviewer{client: client, unseenClient: opts.UnseenClient, logger: logger, m: m, timeout: opts.ReviewTimeout,
+		unseenSlots: make(chan struct{}, opts.MaxUnseenReviews),
+		known:       cache.NewLRUExpireCache(4096), knownTTL: opts.KnownTokenTTL, hashKey: newHashKey()}
 	return &Authenticator{
-		// Errors (an unreachable API server) are not cached: the next CONNECT asks again.
-		tokens:    tokencache.New(&reviewer{client: client}, false, opts.TokenTTL, opts.InvalidTokenTTL),
+		// Errors (an unreachable API server, too many reviews) are not cached: the next CONNECT
+		// asks again.
+		tokens:    tokencache.New(r, false, opts.TokenTTL, opts.InvalidTokenTTL),
 		client:    client,
 		decisions: cache.NewLRUExpireCache(4096),
 		opts:      opts,
-	}
+		logger:    logger,
+	}, nil
 }
 
 // Challenges are sent with 407: client-go sends Basic for a proxy-url with user info, other
@@ -87,6 +136,7 @@ func (a *Authenticator) Challenges() []string {
 
 // Authenticate checks req's Proxy-Authorization and the user's right to tunnel to req.Authority.
 func (a *Authenticator) Authenticate(ctx context.Context, req *proxy.ConnectRequest) (*proxy.Identity, error) {
+	ctx = logr.NewContext(ctx, a.logger)
 	token, err := Token(req.Header.Values("Proxy-Authorization"))
 	if err != nil {
 		return nil, &proxy.AuthError{Status: http.StatusProxyAuthRequired, Reason: err.Error()}
@@ -202,18 +252,57 @@ func decisionKey(u user.Info, authority string) string {
 	return b.String()
 }
 
-// reviewer is an authenticator.Token asking the API server with a TokenReview.
-type reviewer struct{ client kubernetes.Interface }
+// ErrTooManyReviews refuses a token no one has seen valid while MaxUnseenReviews reviews of such
+// tokens are in flight.
+var ErrTooManyReviews = errors.New("too many reviews of unseen tokens in flight")
+
+// reviewer is an authenticator.Token asking the API server with a TokenReview. It is called on a
+// cache miss only (the cache also merges concurrent reviews of one token).
+type reviewer struct {
+	client, unseenClient kubernetes.Interface
+	logger               logr.Logger
+	m                    *reviewMetrics
+	timeout              time.Duration
+	unseenSlots          chan struct{}
+	// known holds keyed hashes of the tokens found valid within knownTTL: their re-reviews don't
+	// queue behind, nor spend the budget of, tokens no one has seen valid.
+	known    *cache.LRUExpireCache
+	knownTTL time.Duration
+	hashKey  []byte
+}
 
 func (r *reviewer) AuthenticateToken(ctx context.Context, token string) (*authenticator.Response, bool, error) {
-	tr, err := r.client.AuthenticationV1().TokenReviews().Create(ctx,
+	// The token cache calls us on a context of its own: the capped logger goes on it here.
+	ctx = logr.NewContext(ctx, r.logger)
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	key := r.hash(token)
+	client := r.client
+	if _, known := r.known.Get(key); !known {
+		select {
+		case r.unseenSlots <- struct{}{}:
+			defer func() { <-r.unseenSlots }()
+		default:
+			r.m.refused.Inc()
+			return nil, false, ErrTooManyReviews
+		}
+		client = r.unseenClient
+		r.m.inFlight.WithLabelValues("unseen").Inc()
+		defer r.m.inFlight.WithLabelValues("unseen").Dec()
+	} else {
+		r.m.inFlight.WithLabelValues("known").Inc()
+		defer r.m.inFlight.WithLabelValues("known").Dec()
+	}
+	tr, err := client.AuthenticationV1().TokenReviews().Create(ctx,
 		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, false, err
 	}
 	if !tr.Status.Authenticated {
+		r.known.Remove(key)
 		return nil, false, nil
 	}
+	r.known.Add(key, struct{}{}, r.knownTTL)
 	info := &user.DefaultInfo{Name: tr.Status.User.Username, UID: tr.Status.User.UID, Groups: tr.Status.User.Groups}
 	if len(tr.Status.User.Extra) > 0 {
 		info.Extra = map[string][]string{}
@@ -222,4 +311,45 @@ func (r *reviewer) AuthenticateToken(ctx context.Context, token string) (*authen
 		}
 	}
 	return &authenticator.Response{User: info}, true, nil
+}
+
+// hash keys the known-token set: an HMAC with a per-process key, so the set holds no token.
+func (r *reviewer) hash(token string) string {
+	h := hmac.New(sha256.New, r.hashKey)
+	h.Write([]byte(token))
+	return string(h.Sum(nil))
+}
+
+func newHashKey() []byte {
+	k := make([]byte, 32)
+	if _, err := crand.Read(k); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return k
+}
+
+type reviewMetrics struct {
+	inFlight *prometheus.GaugeVec
+	refused  prometheus.Counter
+}
+
+func newReviewMetrics(reg prometheus.Registerer) (*reviewMetrics, error) {
+	m := &reviewMetrics{
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "apiproxy_proxy_token_reviews_in_flight",
+			Help: "TokenReviews in flight for --auth tokenreview, by token: unseen (not found valid lately; capped by --max-unseen-reviews) or known.",
+		}, []string{"token"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "apiproxy_proxy_token_reviews_refused_total",
+			Help: "CONNECTs answered 503 without a TokenReview because --max-unseen-reviews reviews of unseen tokens were in flight.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.inFlight, m.refused} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
 }

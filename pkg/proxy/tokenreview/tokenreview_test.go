@@ -55,7 +55,10 @@ func TestAuthenticateFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(cs, Options{})
+	a, err := New(cs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	req := &proxy.ConnectRequest{Authority: "kubernetes.default.svc:443", Header: textproto.MIMEHeader{}}
 	_, err = a.Authenticate(context.Background(), req)
 	var ae *proxy.AuthError
