@@ -34,13 +34,14 @@ import (
 const benchChildEnv = "APIPROXY_BENCH_CHILD"
 
 var (
-	proxyRounds   = flag.Int("rounds", 3, "proxy suite: interleaved rounds (medians are reported)")
-	proxyIdle     = flag.Int("idle", 2000, "proxy suite: idle tunnels opened to measure memory per tunnel")
-	proxyProfile  = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
-	proxyOnly     = flag.String("measure", "bulk,setups,rtt,idle", "proxy suite: which measurements to run (for profiling one)")
-	proxyAgentEnv = flag.String("agent-env", "", "proxy suite: extra environment of the agents, comma-separated (e.g. GOMAXPROCS=1, to try runtime settings)")
-	proxyCompare  = flag.String("compare", "", "proxy suite: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
-	proxyPeers    = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
+	proxyRounds      = flag.Int("rounds", 3, "proxy suite: interleaved rounds (medians are reported)")
+	proxyIdle        = flag.Int("idle", 2000, "proxy suite: idle tunnels opened to measure memory per tunnel")
+	proxyProfile     = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
+	proxyOnly        = flag.String("measure", "bulk,setups,rtt,idle", "proxy suite: which measurements to run (for profiling one)")
+	proxyAgentEnv    = flag.String("agent-env", "", "proxy suite: extra environment of the agents, comma-separated (e.g. GOMAXPROCS=1, to try runtime settings)")
+	proxyCompareArgs = flag.String("compare-args", "", "proxy suite: also run this tree's `agent proxy` with these extra flags (space-separated, e.g. --relay=eventloop) as extra columns, to compare modes in one run")
+	proxyCompare     = flag.String("compare", "", "proxy suite: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
+	proxyPeers       = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
 )
 
 func init() {
@@ -700,6 +701,26 @@ func runProxyBench() ([]Table, error) {
 		o1.connect = sink
 		l2, _ := freeLoopbackAddr()
 		o2, err := startGoChild(name+" --listen-tcp", exec.Command(old, "proxy", "--listen", "", "--listen-tcp", l2, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0"), l2)
+		if err != nil {
+			o1.stop()
+			return nil, err
+		}
+		all = append(all, o1, o2)
+		connectProcs = append(connectProcs, o1)
+		tcpProcs = append(tcpProcs, o2)
+	}
+
+	if *proxyCompareArgs != "" {
+		extra := strings.Fields(*proxyCompareArgs)
+		name := "agent " + *proxyCompareArgs
+		l1, _ := freeLoopbackAddr()
+		o1, err := startGoChild(name, exec.Command(bin, append([]string{"proxy", "--listen", l1, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0", "--shutdown-grace", "1s"}, extra...)...), l1)
+		if err != nil {
+			return nil, err
+		}
+		o1.connect = sink
+		l2, _ := freeLoopbackAddr()
+		o2, err := startGoChild(name+" --listen-tcp", exec.Command(bin, append([]string{"proxy", "--listen", "", "--listen-tcp", l2, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0", "--shutdown-grace", "1s"}, extra...)...), l2)
 		if err != nil {
 			o1.stop()
 			return nil, err
