@@ -907,7 +907,7 @@ func pathTable(title string, ag *proc, others []*proc, ms []metric, res map[stri
 		for _, p := range others {
 			v := median(res[p.name][m.name])
 			row = append(row, fmt.Sprintf(m.format, v))
-			if p.name == "minimal Go relay" || strings.HasPrefix(p.name, "agent@") {
+			if p.name == "minimal Go relay" || strings.HasPrefix(p.name, "agent") {
 				continue
 			}
 			if bestName == "" || (m.higher && v > best) || (!m.higher && v < best) {
