@@ -25,7 +25,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/apiproxy/apiproxy/pkg/evrelay"
 	"github.com/apiproxy/apiproxy/pkg/gopool"
 	"github.com/apiproxy/apiproxy/pkg/tunnel"
 )
@@ -79,17 +78,7 @@ type Config struct {
 	AccessLog io.Writer
 	// Registerer receives the metrics (nil: not registered).
 	Registerer prometheus.Registerer
-	// Relay is how tunnels are relayed: RelayGoroutines (the default, "") or RelayEventLoop.
-	Relay string
 }
-
-// Relay modes (Config.Relay).
-const (
-	RelayGoroutines = "goroutines"
-	// RelayEventLoop is the issue 25 experiment (pkg/evrelay): TCP tunnels served by one epoll
-	// event loop per GOMAXPROCS instead of goroutines.
-	RelayEventLoop = "eventloop"
-)
 
 // Server relays tunnels. Create it with New, feed it listeners with Serve / ServeTCP, stop it with
 // Shutdown.
@@ -123,11 +112,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if _, _, err := ParseAuthority(cfg.Upstream); err != nil {
 		return nil, fmt.Errorf("invalid upstream %q: %v", cfg.Upstream, err)
-	}
-	switch cfg.Relay {
-	case "", RelayGoroutines, RelayEventLoop:
-	default:
-		return nil, fmt.Errorf("proxy: unknown relay mode %q (want %s or %s)", cfg.Relay, RelayGoroutines, RelayEventLoop)
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second
@@ -702,13 +686,12 @@ func (s *Server) handleTCP(c net.Conn) {
 func (s *Server) relay(c, up net.Conn, tl *tunnelLog) {
 	active := s.m.active.WithLabelValues(tl.kind)
 	active.Inc()
-	opts := tunnel.RelayOptions{
+	t := tunnel.NewTunnel(c, up, tunnel.RelayOptions{
 		IdleTimeout: s.cfg.IdleTimeout,
 		Progress:    s.progress,
 		// Idle tunnels wait without a goroutine; they are then closed only through t.Close.
 		ParkIdle: true,
-	}
-	done := func(res tunnel.RelayResult) {
+	}, func(res tunnel.RelayResult) {
 		active.Dec()
 		s.release()
 		tl.up += res.AToB
@@ -724,19 +707,7 @@ func (s *Server) relay(c, up net.Conn, tl *tunnelLog) {
 			tl.result = ResultOK
 		}
 		s.done(c, tl)
-	}
-	if s.cfg.Relay == RelayEventLoop {
-		// Plain TCP on both sides only; anything else (a dial through --upstream-proxy that read
-		// past the CONNECT response) stays on goroutines.
-		if et, err := evrelay.New(c, up, opts, done); err == nil {
-			s.mu.Lock()
-			s.conns[c] = et
-			s.mu.Unlock()
-			et.Run()
-			return
-		}
-	}
-	t := tunnel.NewTunnel(c, up, opts, done)
+	})
 	s.mu.Lock()
 	s.conns[c] = t
 	s.mu.Unlock()

@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
-	"github.com/apiproxy/apiproxy/pkg/evrelay"
 	"github.com/apiproxy/apiproxy/pkg/health"
 	"github.com/apiproxy/apiproxy/pkg/logbatch"
 	"github.com/apiproxy/apiproxy/pkg/proxy"
@@ -44,7 +43,6 @@ type proxyOptions struct {
 	HeaderTimeout                time.Duration
 	DialTimeout                  time.Duration
 	IdleTimeout                  time.Duration
-	Relay                        string
 	ShutdownGrace                time.Duration
 	ShutdownDelay                time.Duration
 	KeepAlive                    time.Duration
@@ -133,7 +131,6 @@ listeners carry no credentials, so --auth does not apply to them: restrict them 
 	f.StringArrayVar(&o.AllowSources, "allow-source", nil, "only accept clients from this CIDR, on every listener (repeatable; default: everyone)")
 	f.StringVar(&o.Auth, "auth", authNone, "CONNECT authentication: none, or tokenreview (Proxy-Authorization token checked by TokenReview + SubjectAccessReview)")
 	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server that reviews tokens for --auth tokenreview (default: in-cluster)")
-	f.StringVar(&o.Relay, "relay", proxy.RelayGoroutines, "how tunnels are relayed, on both listener kinds: goroutines, or eventloop (experimental: one epoll event loop per GOMAXPROCS over the raw sockets)")
 	f.StringVar(&o.AuditLog, "audit-log", "", `write one JSON record per tunnel to this file, or "-" for stdout`)
 	return cmd
 }
@@ -227,10 +224,6 @@ func (o *proxyOptions) Validate() error {
 		return fmt.Errorf("invalid --header-timeout %s: must be > 0", o.HeaderTimeout)
 	case o.DialTimeout <= 0:
 		return fmt.Errorf("invalid --dial-timeout %s: must be > 0", o.DialTimeout)
-	case o.Relay != proxy.RelayGoroutines && o.Relay != proxy.RelayEventLoop:
-		return fmt.Errorf("invalid --relay %q: want %s or %s", o.Relay, proxy.RelayGoroutines, proxy.RelayEventLoop)
-	case o.Relay == proxy.RelayEventLoop && !evrelay.Supported:
-		return fmt.Errorf("--relay %s needs Linux (epoll)", proxy.RelayEventLoop)
 	case o.IdleTimeout < 0:
 		return fmt.Errorf("invalid --idle-timeout %s: must be >= 0", o.IdleTimeout)
 	case o.ShutdownGrace < 0:
@@ -254,7 +247,7 @@ func (o *proxyOptions) Run(ctx context.Context, errOut io.Writer) error {
 		DialTimeout:                o.DialTimeout, HeaderTimeout: o.HeaderTimeout, MaxHeaderBytes: o.MaxHeaderBytes,
 		IdleTimeout: o.IdleTimeout, MaxTunnels: o.MaxTunnels, KeepAlive: o.KeepAlive,
 		MaxPendingHeads: o.MaxPendingHeads, AllowSources: o.sources,
-		Logger: logger, AccessLog: accessLog, Registerer: hs.Registry, Relay: o.Relay,
+		Logger: logger, AccessLog: accessLog, Registerer: hs.Registry,
 	}
 	if o.Auth == authTokenReview {
 		a, err := o.tokenReviewer()
