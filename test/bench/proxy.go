@@ -39,8 +39,8 @@ var (
 	proxyProfile     = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
 	proxyOnly        = flag.String("measure", "bulk,setups,rtt,idle", "proxy suite: which measurements to run (for profiling one)")
 	proxyAgentEnv    = flag.String("agent-env", "", "proxy suite: extra environment of the agents, comma-separated (e.g. GOMAXPROCS=1, to try runtime settings)")
-	proxyCompareArgs = flag.String("compare-args", "", "proxy suite: also run this tree's `agent proxy` with these extra flags (space-separated, e.g. --idle-timeout=1h) as extra columns, to compare settings in one run")
-	proxyCompare     = flag.String("compare", "", "proxy suite: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
+	proxyCompareArgs = flag.String("compare-args", "", "proxy and api suites: also run this tree's `agent proxy` with these extra flags (space-separated, e.g. --idle-timeout=1h) as extra columns, to compare settings in one run")
+	proxyCompare     = flag.String("compare", "", "proxy and api suites: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
 	proxyPeers       = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
 )
 
