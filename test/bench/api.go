@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -304,6 +305,56 @@ func runAPIBench() ([]Table, error) {
 		}
 	}
 
+	// -compare and -compare-args (see the proxy suite): another build of the agent, or this one with
+	// other flags, as extra sides after HAProxy.
+	type variant struct {
+		label, bin string
+		extra      []string
+	}
+	var variants []variant
+	if *proxyCompare != "" {
+		old, err := buildAgentAt(*proxyCompare, dir)
+		if err != nil {
+			return nil, err
+		}
+		variants = append(variants, variant{"agent@" + *proxyCompare, old, nil})
+	}
+	if *proxyCompareArgs != "" {
+		variants = append(variants, variant{"agent " + *proxyCompareArgs, bin, strings.Fields(*proxyCompareArgs)})
+	}
+	for _, v := range variants {
+		l1, err := freeLoopbackAddr()
+		if err != nil {
+			return nil, err
+		}
+		p1, err := startGoChild(v.label, exec.Command(v.bin, append([]string{"proxy", "--listen", l1, "--upstream", u.Host,
+			"--metrics-addr", "", "--shutdown-grace", "1s"}, v.extra...)...), l1)
+		if err != nil {
+			return nil, err
+		}
+		stops = append(stops, p1.stop)
+		c1, err := apiClientsFor(cl.Config, &url.URL{Scheme: "http", Host: l1}, *apiClients)
+		if err != nil {
+			return nil, err
+		}
+		sides = append(sides, &side{name: v.label + " (CONNECT)", clients: c1, hop: p1})
+		l2, err := freeLoopbackAddr()
+		if err != nil {
+			return nil, err
+		}
+		p2, err := startGoChild(v.label+" --listen-tcp", exec.Command(v.bin, append([]string{"proxy", "--listen", "", "--listen-tcp", l2,
+			"--upstream", u.Host, "--metrics-addr", "", "--shutdown-grace", "1s"}, v.extra...)...), l2)
+		if err != nil {
+			return nil, err
+		}
+		stops = append(stops, p2.stop)
+		c2, err := apiClientsVia(cl.Config, l2, u.Hostname(), *apiClients)
+		if err != nil {
+			return nil, err
+		}
+		sides = append(sides, &side{name: v.label + " --listen-tcp", clients: c2, hop: p2})
+	}
+
 	// Warm up every side: connections, TLS, HTTP/2, the server's caches.
 	for _, sd := range sides {
 		if _, _, err := apiGets(sd.clients, 300*time.Millisecond); err != nil {
@@ -344,7 +395,8 @@ func runAPIBench() ([]Table, error) {
 		header = append(header, sd.name)
 	}
 	header = append(header, "agent (CONNECT) ÷ direct")
-	hasPeer := len(sides) == 4
+	peer := slices.IndexFunc(sides, func(sd *side) bool { return sd.name == "HAProxy (tcp)" })
+	hasPeer := peer >= 0
 	if hasPeer {
 		header = append(header, "HAProxy ÷ direct")
 	}
@@ -370,7 +422,7 @@ func runAPIBench() ([]Table, error) {
 		}
 		cells = append(cells, ratio(vals(sides[1])))
 		if hasPeer {
-			cells = append(cells, ratio(vals(sides[3])))
+			cells = append(cells, ratio(vals(sides[peer])))
 		}
 		holds := ""
 		if ok != nil {

@@ -34,13 +34,14 @@ import (
 const benchChildEnv = "APIPROXY_BENCH_CHILD"
 
 var (
-	proxyRounds   = flag.Int("rounds", 3, "proxy suite: interleaved rounds (medians are reported)")
-	proxyIdle     = flag.Int("idle", 2000, "proxy suite: idle tunnels opened to measure memory per tunnel")
-	proxyProfile  = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
-	proxyOnly     = flag.String("measure", "bulk,setups,rtt,idle", "proxy suite: which measurements to run (for profiling one)")
-	proxyAgentEnv = flag.String("agent-env", "", "proxy suite: extra environment of the agents, comma-separated (e.g. GOMAXPROCS=1, to try runtime settings)")
-	proxyCompare  = flag.String("compare", "", "proxy suite: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
-	proxyPeers    = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
+	proxyRounds      = flag.Int("rounds", 3, "proxy suite: interleaved rounds (medians are reported)")
+	proxyIdle        = flag.Int("idle", 2000, "proxy suite: idle tunnels opened to measure memory per tunnel")
+	proxyProfile     = flag.String("profile", "", "proxy suite: run the agents in-process under pprof and write DIR/agent-{connect,tcp}.{cpu,heap}.pprof")
+	proxyOnly        = flag.String("measure", "bulk,setups,rtt,idle", "proxy suite: which measurements to run (for profiling one)")
+	proxyAgentEnv    = flag.String("agent-env", "", "proxy suite: extra environment of the agents, comma-separated (e.g. GOMAXPROCS=1, to try runtime settings)")
+	proxyCompareArgs = flag.String("compare-args", "", "proxy and api suites: also run this tree's `agent proxy` with these extra flags (space-separated, e.g. --idle-timeout=1h) as extra columns, to compare settings in one run")
+	proxyCompare     = flag.String("compare", "", "proxy and api suites: also run `agent proxy` built from this git revision (e.g. HEAD~1) as extra columns, to measure a change")
+	proxyPeers       = flag.Bool("peers", true, "proxy suite: start squid, tinyproxy, HAProxy and nginx (installing missing ones with apt-get as root)")
 )
 
 func init() {
@@ -709,6 +710,26 @@ func runProxyBench() ([]Table, error) {
 		tcpProcs = append(tcpProcs, o2)
 	}
 
+	if *proxyCompareArgs != "" {
+		extra := strings.Fields(*proxyCompareArgs)
+		name := "agent " + *proxyCompareArgs
+		l1, _ := freeLoopbackAddr()
+		o1, err := startGoChild(name, exec.Command(bin, append([]string{"proxy", "--listen", l1, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0", "--shutdown-grace", "1s"}, extra...)...), l1)
+		if err != nil {
+			return nil, err
+		}
+		o1.connect = sink
+		l2, _ := freeLoopbackAddr()
+		o2, err := startGoChild(name+" --listen-tcp", exec.Command(bin, append([]string{"proxy", "--listen", "", "--listen-tcp", l2, "--upstream", sink, "--metrics-addr", "", "--max-tunnels", "0", "--shutdown-grace", "1s"}, extra...)...), l2)
+		if err != nil {
+			o1.stop()
+			return nil, err
+		}
+		all = append(all, o1, o2)
+		connectProcs = append(connectProcs, o1)
+		tcpProcs = append(tcpProcs, o2)
+	}
+
 	var skipped []string
 	if *proxyPeers {
 		installPeers()
@@ -886,7 +907,7 @@ func pathTable(title string, ag *proc, others []*proc, ms []metric, res map[stri
 		for _, p := range others {
 			v := median(res[p.name][m.name])
 			row = append(row, fmt.Sprintf(m.format, v))
-			if p.name == "minimal Go relay" || strings.HasPrefix(p.name, "agent@") {
+			if p.name == "minimal Go relay" || strings.HasPrefix(p.name, "agent") {
 				continue
 			}
 			if bestName == "" || (m.higher && v > best) || (!m.higher && v < best) {
