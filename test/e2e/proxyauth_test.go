@@ -96,17 +96,10 @@ func setUpProxyAuth(t *testing.T) *proxyAuthEnv {
 
 func ptrInt64(v int64) *int64 { return &v }
 
-// connectRun runs the plugin's connect with kubeconfig and args, bounded in time.
+// connectRun runs the plugin's connect with kubeconfig and args through the proxy, bounded in time.
 func (e *proxyAuthEnv) connectRun(t *testing.T, kubeconfig string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, pluginBin(t), append([]string{"--kubeconfig", kubeconfig, "connect", "--proxy-url", "http://" + e.proxy.Addr}, args...)...)
-	var o, er bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &er
-	cmd.Env = append(os.Environ(), "KUBECONFIG=")
-	err := cmd.Run()
-	return result{o.String(), er.String(), err}
+	return e.pluginRun(t, kubeconfig, append([]string{"connect", "--proxy-url", "http://" + e.proxy.Addr}, args...)...)
 }
 
 // pluginRun runs the plugin with kubeconfig and args, bounded in time.
