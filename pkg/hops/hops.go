@@ -59,7 +59,7 @@ func DialError(err error, proxy string) *Failure {
 	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		// TCP was accepted, then closed before any answer: what agent proxy does to a client
 		// outside --allow-source (a reset, before reading anything).
-		return &Failure{Hop: Connect, Msg: fmt.Sprintf("proxy %s closed the connection without answering the CONNECT", proxy), Fix: refusedSourceFix, Err: err}
+		return &Failure{Hop: Connect, Msg: fmt.Sprintf("proxy %s closed the connection without answering the CONNECT", proxy), Fix: RefusedSourceFix, Err: err}
 	}
 	return TCPError(err, proxy)
 }
@@ -72,13 +72,15 @@ func TCPError(err error, proxy string) *Failure {
 	}
 	if errors.Is(err, syscall.ECONNRESET) {
 		// On a short path the proxy's reset can beat the end of the TCP handshake.
-		return &Failure{Hop: TCP, Msg: fmt.Sprintf("proxy %s reset the connection at once", proxy), Fix: refusedSourceFix, Err: err}
+		return &Failure{Hop: TCP, Msg: fmt.Sprintf("proxy %s reset the connection at once", proxy), Fix: RefusedSourceFix, Err: err}
 	}
 	return &Failure{Hop: TCP, Msg: fmt.Sprintf("cannot reach proxy %s from this machine", proxy),
 		Fix: "is the proxy running and listening on that port (kubectl apiproxy status; --proxy-port), and does the fabric route the address here?", Err: err}
 }
 
-const refusedSourceFix = "this machine's source address is probably not in the proxy's --allow-source (install --allow-source CIDR, or the peers of its NetworkPolicy); the proxy logs each refused source"
+// RefusedSourceFix is the fix of a connection the proxy closed unanswered (a source outside its
+// --allow-source).
+const RefusedSourceFix = "this machine's source address is probably not in the proxy's --allow-source (install --allow-source CIDR, or the peers of its NetworkPolicy); the proxy logs each refused source"
 
 // ConnectAnswer explains a CONNECT the proxy answered with something other than 200.
 func ConnectAnswer(code int, status, proxy string) *Failure {

@@ -341,6 +341,12 @@ func directHops(ctx context.Context, in Input, proxy, authority string, add func
 		if d.Required.Load() || in.Creds.Explicit() {
 			detail += " to the CONNECT with " + in.Creds.Describe()
 		}
+		if f.Fix == hops.RefusedSourceFix {
+			// The proxy resets sources outside its --allow-source before reading: name the
+			// address it most likely saw.
+			f.Fix = fmt.Sprintf("this machine connected from %s, which is probably outside the proxy's --allow-source (unless a NAT on the way gives it another source): "+
+				"add it there (install --allow-source CIDR; this cluster's own pods: install --cluster-pod-cidr); the proxy logs each refused source", raw.LocalAddr())
+		}
 		add(Hop{Hop: hops.Connect, Status: Fail, Object: object, Detail: detail, Fix: f.Fix})
 		return nil, d.Required.Load()
 	}

@@ -505,6 +505,10 @@ func TestSecuredProxyEndToEnd(t *testing.T) {
 			strings.HasPrefix(tcp, "FAIL") && strings.Contains(tcp, "--allow-source")) {
 			t.Fatalf("check from 127.0.0.1: %v, want the tcp or connect hop to name --allow-source\n%s", r.err, r.stdout)
 		}
+		// When the TCP handshake completed, check knows the address the proxy refused, and says it.
+		if strings.HasPrefix(conn, "FAIL") && !strings.Contains(conn, "this machine connected from 127.0.0.1:") {
+			t.Errorf("check's connect hop does not name this machine's address:\n%s", conn)
+		}
 		if got := e.rawConnectFrom(t, "127.0.0.1", authority, "Proxy-Authorization: Bearer "+e.token+"\r\n"); got != 0 {
 			t.Fatalf("a valid token from 127.0.0.1 got %d, want the connection closed unanswered", got)
 		}
