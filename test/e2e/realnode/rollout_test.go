@@ -78,8 +78,14 @@ func TestNoRequestFailsOnRealNode(t *testing.T) {
 
 	nodeLoad := startLoadPod(t, c)
 	connectLoad := startConnectLoad(t, e)
-	if before := forwarderTunnels(t); waitLoad(t, nodeLoad, time.Now(), 30*time.Second) && forwarderTunnels(t) <= before {
-		t.Fatalf("the node forwarders' tunnel count did not move: the pod's requests do not go through %s", install.DefaultNodeIP)
+	// The forwarders count a tunnel when it ends: the pod's requests (a new connection each) must
+	// move the count within a few seconds of the first one.
+	before := forwarderTunnels(t)
+	waitLoad(t, nodeLoad, time.Now(), 30*time.Second)
+	for deadline := time.Now().Add(20 * time.Second); forwarderTunnels(t) <= before; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the node forwarders' tunnel count did not move in 20s: the pod's requests do not go through %s", install.DefaultNodeIP)
+		}
 	}
 	waitLoad(t, connectLoad, time.Now(), 30*time.Second)
 
