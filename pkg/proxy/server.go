@@ -106,8 +106,13 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]io.Closer // what Shutdown closes: the conn, then its tunnel
-	draining  bool
-	wg        sync.WaitGroup
+	// closing: Shutdown has closed the listeners; draining: and every accept loop has returned, so
+	// no connection comes in any more. In between, a connection an accept loop already took is
+	// still served: with listening sockets shared between agents (--handoff-dir) it was taken off
+	// the shared queue, and no other agent can accept it any more.
+	closing, draining bool
+	loops             sync.WaitGroup // accept loops
+	wg                sync.WaitGroup // connections
 }
 
 // New validates cfg and returns a server.
@@ -184,7 +189,7 @@ func (s *Server) serve(l net.Listener, kind string, handle func(net.Conn)) error
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			if s.isDraining() {
+			if s.isClosing() {
 				return ErrServerClosed
 			}
 			// Out of file descriptors and the like: back off instead of spinning.
@@ -226,10 +231,11 @@ func (s *Server) refuseSource(c net.Conn, kind string) {
 func (s *Server) track(l net.Listener) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining {
+	if s.closing {
 		return false
 	}
 	s.listeners[l] = struct{}{}
+	s.loops.Add(1)
 	return true
 }
 
@@ -237,6 +243,13 @@ func (s *Server) untrack(l net.Listener) {
 	s.mu.Lock()
 	delete(s.listeners, l)
 	s.mu.Unlock()
+	s.loops.Done()
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
 }
 
 func (s *Server) trackConn(c net.Conn) bool {
@@ -283,10 +296,21 @@ func (s *Server) Ready() error {
 // returns ctx's error when it had to cut connections.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.draining = true
+	s.closing = true
 	for l := range s.listeners {
 		l.Close()
 	}
+	s.mu.Unlock()
+	// A connection accepted just before the close is served, not dropped: wait for the accept
+	// loops to hand their last connections over (they return at once on the closed listeners).
+	loops := make(chan struct{})
+	go func() { s.loops.Wait(); close(loops) }()
+	select {
+	case <-loops:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	s.draining = true
 	s.mu.Unlock()
 	// Connections still without a complete head get 503 now rather than a new tunnel later.
 	s.pmu.Lock()

@@ -94,6 +94,9 @@ func TestNoRequestFailsOnRealNode(t *testing.T) {
 	run := func(name string, disrupt func(t *testing.T) disruption) {
 		t.Run(name, func(t *testing.T) {
 			rows = append(rows, measure(t, name, []*loadClient{nodeLoad, connectLoad}, disrupt))
+			if t.Failed() {
+				agentLogs(t, c)
+			}
 		})
 	}
 
@@ -328,6 +331,16 @@ func measure(t *testing.T, name string, clients []*loadClient, disrupt func(t *t
 		row.cells = append(row.cells, cell, watch)
 	}
 	return row
+}
+
+// agentLogs logs the last lines of every agent container (the access log names how each tunnel
+// ended), for a scenario that failed: the pods are gone by the end of the test.
+func agentLogs(t *testing.T, c *realnode.Cluster) {
+	t.Helper()
+	for _, sel := range []string{"app.kubernetes.io/component=node", "app.kubernetes.io/component=proxy"} {
+		out, stderr, err := c.RunKubectl(context.Background(), t, "-n", ns, "logs", "-l", sel, "--all-containers", "--prefix", "--tail", "40")
+		t.Logf("agent logs (%s): %v\n%s%s", sel, err, out, stderr)
+	}
 }
 
 func logTable(t *testing.T, rows []scenarioRow) {
