@@ -320,6 +320,14 @@ func measure(t *testing.T, name string, clients []*loadClient, disrupt func(t *t
 		if inFlight > 0 {
 			cell += fmt.Sprintf(" (in flight on the killed process: %d)", inFlight)
 		}
+		// A GET whose connection was reset and that passed on a second connection, as client-go
+		// retries it: shown, and logged, but not a lost request.
+		if retried := after.Retried - before[i].Retried; retried > 0 {
+			cell += fmt.Sprintf(" (%d reset and retried, as client-go does)", retried)
+			for _, r := range after.Retries[min(len(before[i].Retries), len(after.Retries)):] {
+				t.Logf("%s client: a request's connection was reset at %s (%s after the scenario began) and the retry passed: %s", l.name, r.Start.Format("15:04:05.000"), r.Start.Sub(began).Round(time.Millisecond), r.Error)
+			}
+		}
 		ends := after.Watch.EndedClean - before[i].Watch.EndedClean
 		watch := "stayed open"
 		if ends > 0 {
@@ -494,6 +502,8 @@ type loadStats struct {
 	Requests    int64         `json:"requests"`
 	Failed      int64         `json:"failed"`
 	Failures    []loadFailure `json:"failures"`
+	Retried     int64         `json:"retried"`
+	Retries     []loadFailure `json:"retries"`
 	LastRequest time.Time     `json:"lastRequest"`
 	Watch       struct {
 		Opened     int64         `json:"opened"`

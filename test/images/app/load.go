@@ -16,6 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -38,6 +39,10 @@ type loadStats struct {
 	Requests int64         `json:"requests"`
 	Failed   int64         `json:"failed"`
 	Failures []loadFailure `json:"failures"`
+	// Retried counts the requests whose connection was reset and that succeeded on a second one,
+	// as client-go's rest client retries a GET after a reset (Retries keeps the first resets).
+	Retried int64         `json:"retried"`
+	Retries []loadFailure `json:"retries"`
 	// LastRequest is the end of the latest request: the test waits for one after its disruption.
 	LastRequest time.Time  `json:"lastRequest"`
 	Watch       watchStats `json:"watch"`
@@ -136,10 +141,25 @@ func (l *loader) requests(ctx context.Context, cfg *rest.Config, interval time.D
 		}
 		start := time.Now()
 		err = getVersion(ctx, rt, cfg.Host)
+		var reset error
+		if err != nil && ctx.Err() == nil && utilnet.IsConnectionReset(err) {
+			// client-go retries a GET whose connection was reset; so does this client, once, on a
+			// new connection, and counts it apart.
+			reset = err
+			if rt, err = rest.HTTPWrappersForConfig(cfg, &http.Transport{TLSClientConfig: tlsCfg, DisableKeepAlives: true, ForceAttemptHTTP2: false}); err == nil {
+				err = getVersion(ctx, rt, cfg.Host)
+			}
+		}
 		now := time.Now()
 		l.mu.Lock()
 		l.s.Requests++
 		l.s.LastRequest = now
+		if reset != nil && err == nil {
+			l.s.Retried++
+			if len(l.s.Retries) < loadMaxFailures {
+				l.s.Retries = append(l.s.Retries, loadFailure{Start: start, End: now, Error: reset.Error()})
+			}
+		}
 		if err != nil && ctx.Err() == nil {
 			l.s.Failed++
 			if len(l.s.Failures) < loadMaxFailures {
