@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -158,10 +157,7 @@ func Install(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Wr
 			proxyClusterIP = serviceIPv4(got.Object)
 		}
 	}
-	if err := pruneSecurity(ctx, c, o, dryRun, log); err != nil {
-		return applied, err
-	}
-	if err := pruneUpstreamProxySecret(ctx, c, o, dryRun, log); err != nil {
+	if err := pruneUnrendered(ctx, c, o, dryRun, log); err != nil {
 		return applied, err
 	}
 	if createIP {
@@ -245,28 +241,4 @@ func secretData(ctx context.Context, c *Client, namespace, name string) (map[str
 		out[k] = b
 	}
 	return out, nil
-}
-
-// pruneUpstreamProxySecret deletes the Secret of an earlier --upstream-proxy with credentials when
-// this install's has none (the forwarders no longer mount it).
-func pruneUpstreamProxySecret(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Writer) error {
-	if !o.Has(RoleNode) {
-		return nil
-	}
-	if _, creds := o.upstreamProxyCredentials(); creds != "" && o.UpstreamProxy != "" {
-		return nil
-	}
-	obj, err := c.get(ctx, gvkSecret, o.Namespace, upstreamProxySecretName)
-	if err != nil || obj == nil || !ownedByUs(obj, o.Namespace) {
-		return nil
-	}
-	ri, _, err := c.resourceFor(gvkSecret, o.Namespace)
-	if err != nil {
-		return err
-	}
-	if err := ri.Delete(ctx, upstreamProxySecretName, metav1.DeleteOptions{DryRun: dryRun.apiDryRun()}); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("removing secret %s (credentials of an earlier --upstream-proxy): %w", upstreamProxySecretName, err)
-	}
-	fmt.Fprintf(log, "secret %s removed: --upstream-proxy no longer carries credentials\n", upstreamProxySecretName)
-	return nil
 }

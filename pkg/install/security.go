@@ -196,23 +196,29 @@ func securityValues(o Options, v *values) error {
 	return nil
 }
 
-// pruneSecurity deletes the NetworkPolicy and the auth ClusterRoleBinding of an earlier install
-// that this one no longer renders (only ours: found by name and checked by label).
-func pruneSecurity(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Writer) error {
-	if !o.Has(RoleProxy) {
-		return nil
-	}
+// pruneUnrendered deletes what an earlier install rendered and this one no longer does (only ours:
+// found by name and checked by label): the proxy's NetworkPolicy and auth RBAC (--network-policy,
+// --auth), the node forwarders' Secret of --upstream-proxy credentials.
+func pruneUnrendered(ctx context.Context, c *Client, o Options, dryRun DryRun, log io.Writer) error {
 	type target struct {
 		gvk       schema.GroupVersionKind
 		namespace string
 		name      string
 		keep      bool
+		flags     string // what decides it, for the message
 	}
-	for _, t := range []target{
-		{gvkNetworkPolicy, o.Namespace, networkPolicyName, o.RenderNetworkPolicy},
-		{gvkClusterRoleBinding, "", AuthBindingName(o.Namespace), o.Auth == AuthTokenReview},
-		{gvkClusterRole, "", TunnelRoleName, o.Auth == AuthTokenReview},
-	} {
+	var targets []target
+	if o.Has(RoleProxy) {
+		targets = append(targets,
+			target{gvkNetworkPolicy, o.Namespace, networkPolicyName, o.RenderNetworkPolicy, "--network-policy / --auth"},
+			target{gvkClusterRoleBinding, "", AuthBindingName(o.Namespace), o.Auth == AuthTokenReview, "--network-policy / --auth"},
+			target{gvkClusterRole, "", TunnelRoleName, o.Auth == AuthTokenReview, "--network-policy / --auth"})
+	}
+	if o.Has(RoleNode) {
+		_, creds := o.upstreamProxyCredentials()
+		targets = append(targets, target{gvkSecret, o.Namespace, upstreamProxySecretName, creds != "", "--upstream-proxy without credentials"})
+	}
+	for _, t := range targets {
 		if t.keep {
 			continue
 		}
@@ -227,7 +233,7 @@ func pruneSecurity(ctx context.Context, c *Client, o Options, dryRun DryRun, log
 		if err := ri.Delete(ctx, t.name, metav1.DeleteOptions{DryRun: dryRun.apiDryRun()}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("removing %s %s no longer wanted: %w", t.gvk.Kind, t.name, err)
 		}
-		fmt.Fprintf(log, "%s %s removed: no longer rendered (--network-policy / --auth)\n", strings.ToLower(t.gvk.Kind), t.name)
+		fmt.Fprintf(log, "%s %s removed: no longer rendered (%s)\n", strings.ToLower(t.gvk.Kind), t.name, t.flags)
 	}
 	return nil
 }
