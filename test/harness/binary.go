@@ -28,21 +28,26 @@ type builtBinary struct {
 // (from TestMain), which deletes the binaries at the end.
 func Binary(t testing.TB, pkg string) string {
 	t.Helper()
-	return build(t, pkg, "", "")
+	return build(t, pkg, "", "", "")
 }
 
 // LinuxBinary returns the project's command pkg cross-compiled for linux/goarch ("amd64", "arm64"),
 // static like Binary: what goes into each platform's image of the agent's image index.
 func LinuxBinary(t testing.TB, pkg, goarch string) string {
 	t.Helper()
-	return build(t, pkg, "linux", goarch)
+	return build(t, pkg, "linux", goarch, "")
 }
 
-func build(t testing.TB, pkg, goos, goarch string) string {
+// build builds pkg once per test process: for this machine, or for goos/goarch; with version
+// stamped in (-X pkg/version.Version, as a release does) when it is not empty.
+func build(t testing.TB, pkg, goos, goarch, version string) string {
 	t.Helper()
 	key := pkg
 	if goos != "" {
 		key = pkg + "@" + goos + "/" + goarch
+	}
+	if version != "" {
+		key += "@" + version
 	}
 	binaries.mu.Lock()
 	if binaries.built == nil {
@@ -69,7 +74,12 @@ func build(t testing.TB, pkg, goos, goarch string) string {
 		if goos != "" {
 			b.path = filepath.Join(dir, goos+"-"+goarch, filepath.Base(pkg))
 		}
-		cmd := exec.Command("go", "build", "-trimpath", "-o", b.path, pkg)
+		args := []string{"build", "-trimpath"}
+		if version != "" {
+			b.path = filepath.Join(filepath.Dir(b.path), version, filepath.Base(pkg))
+			args = append(args, "-ldflags", "-X github.com/apiproxy/apiproxy/pkg/version.Version="+version)
+		}
+		cmd := exec.Command("go", append(args, "-o", b.path, pkg)...)
 		cmd.Dir = RepoRoot(t)
 		// Static, as `make` builds them (the Makefile exports CGO_ENABLED=0): the same binary runs on
 		// the host and inside the images the real-node tests build from it.

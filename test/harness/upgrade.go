@@ -1,9 +1,6 @@
 package harness
 
 import (
-	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -42,16 +39,11 @@ func AgentIndexVersion(t testing.TB, version string) v1.ImageIndex {
 		stampedIndexes.built[version] = s
 	}
 	stampedIndexes.mu.Unlock()
+	bins := map[string]string{}
+	for _, arch := range AgentPlatforms {
+		bins[arch] = build(t, "./cmd/agent", "linux", arch, version)
+	}
 	s.once.Do(func() {
-		bins := map[string]string{}
-		for _, arch := range AgentPlatforms {
-			bin, err := buildStamped(t, version, arch)
-			if err != nil {
-				s.err = err
-				return
-			}
-			bins[arch] = bin
-		}
 		s.idx, s.err = imagebuild.AgentIndex(imagebuild.IndexOptions{
 			Binaries: bins,
 			License:  filepath.Join(RepoRoot(t), "LICENSE"),
@@ -64,22 +56,4 @@ func AgentIndexVersion(t testing.TB, version string) v1.ImageIndex {
 		t.Fatalf("agent image index %s: %v", version, s.err)
 	}
 	return s.idx
-}
-
-// buildStamped builds ./cmd/agent for linux/goarch with version stamped in, into the directory
-// RunTests removes.
-func buildStamped(t testing.TB, version, goarch string) (string, error) {
-	Binary(t, "./cmd/agent") // creates the directory (and the plain agent, which the tests use anyway)
-	binaries.mu.Lock()
-	dir := binaries.dir
-	binaries.mu.Unlock()
-	out := filepath.Join(dir, "linux-"+goarch+"-"+version, "agent")
-	cmd := exec.Command("go", "build", "-trimpath",
-		"-ldflags", "-X github.com/apiproxy/apiproxy/pkg/version.Version="+version, "-o", out, "./cmd/agent")
-	cmd.Dir = RepoRoot(t)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/agent (version %s, linux/%s): %v\n%s", version, goarch, err, b)
-	}
-	return out, nil
 }
