@@ -58,15 +58,20 @@ func (e *NoTokenError) Error() string {
 	if e.Err != nil {
 		why = fmt.Sprintf("its user's token could not be obtained: %v", e.Err)
 	}
-	flag := e.Flag
-	if flag == "" {
-		flag = "--proxy-token"
-	}
+	flag := tokenFlag(e.Flag)
 	return fmt.Sprintf("proxy %s requires a token (407 Proxy Authentication Required), and context %q cannot give one: %s. Pass one with %s TOKEN, e.g. a ServiceAccount's: %s \"$(kubectl create token NAME -n NAMESPACE)\"",
 		e.Proxy, e.Context, why, flag, flag)
 }
 
 func (e *NoTokenError) Unwrap() error { return e.Err }
+
+// tokenFlag is the flag that gives a proxy token: flag, or connect's and check's --proxy-token.
+func tokenFlag(flag string) string {
+	if flag == "" {
+		return "--proxy-token"
+	}
+	return flag
+}
 
 // Describe names the token sent, for messages (never the token itself).
 func (p *ProxyCredentials) Describe() string {
@@ -74,11 +79,7 @@ func (p *ProxyCredentials) Describe() string {
 		return "the --proxy-url's credentials"
 	}
 	if p.Override != "" {
-		flag := p.Flag
-		if flag == "" {
-			flag = "--proxy-token"
-		}
-		return "the " + flag + " token"
+		return "the " + tokenFlag(p.Flag) + " token"
 	}
 	return fmt.Sprintf("context %q's user's token", p.Context)
 }
